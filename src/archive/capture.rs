@@ -1,0 +1,375 @@
+//! Capture: walk a directory tree and write it as a tar stream into an lzop container.
+//!
+//! Owns the tree walk, exclusion, hardlink and hole detection, and the read side of
+//! fidelity (modes, owners, times, xattrs). Compression lives in `lzop`, the byte
+//! layout of headers in `header`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use globset::{GlobSet, GlobSetBuilder};
+use nix::unistd::{Whence, lseek};
+
+use super::header::{self, Entry, Kind};
+use super::{Note, Summary};
+use crate::lzop;
+
+/// Which paths to leave out, tar style: a pattern with a `/` matches the whole path
+/// relative to the source (no leading `./`), one without matches any single name.
+#[derive(Clone, Debug)]
+pub struct Excludes {
+    paths: GlobSet,
+    names: GlobSet,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut paths = GlobSetBuilder::new();
+        let mut names = GlobSetBuilder::new();
+        for p in patterns {
+            let trimmed = p.trim_start_matches("./").trim_start_matches('/');
+            let trimmed = trimmed.trim_end_matches('/');
+            let glob = globset::GlobBuilder::new(trimmed)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| anyhow::anyhow!("bad exclude pattern {p:?}: {e}"))?;
+            if trimmed.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        Ok(Excludes {
+            paths: paths.build().context("building exclude patterns")?,
+            names: names.build().context("building exclude patterns")?,
+        })
+    }
+
+    /// `rel` is the path below the source root, without a leading `./`.
+    pub fn matches(&self, rel: &Path, name: &OsStr) -> bool {
+        self.names.is_match(name) || self.paths.is_match(rel)
+    }
+}
+
+/// How to capture.
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    pub excludes: Vec<String>,
+    pub threads: usize,
+    /// Do not descend into directories on another filesystem (mount points are kept
+    /// as empty directories).
+    pub one_file_system: bool,
+    /// Seconds since the epoch for the lzop header.
+    pub mtime: u64,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            excludes: Vec::new(),
+            threads: super::default_threads(),
+            one_file_system: false,
+            mtime: 0,
+        }
+    }
+}
+
+/// What a capture did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaptureReport {
+    pub summary: Summary,
+    /// Things left out or changed under us; the archive is still complete and sound.
+    pub notes: Vec<Note>,
+}
+
+struct Walker<'a, W: Write> {
+    root: PathBuf,
+    out: &'a mut lzop::Writer<W>,
+    excludes: Excludes,
+    one_fs: Option<u64>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    entries: u64,
+    notes: Vec<Note>,
+    buf: Vec<u8>,
+    hdr: Vec<u8>,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+/// Capture the tree at `source` into `out` as an lzop-compressed tar stream.
+/// `progress` is told how many bytes of file data were read, as they are.
+pub fn create<W: Write>(
+    source: &Path,
+    out: W,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(W, CaptureReport)> {
+    let meta =
+        fs::symlink_metadata(source).with_context(|| format!("reading {}", source.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", source.display());
+    }
+    let mut writer = lzop::Writer::new(out, opts.threads.max(1), opts.mtime)?;
+    let mut w = Walker {
+        root: source.to_path_buf(),
+        out: &mut writer,
+        excludes: Excludes::new(&opts.excludes)?,
+        one_fs: opts.one_file_system.then(|| meta.dev()),
+        links: HashMap::new(),
+        entries: 0,
+        notes: Vec::new(),
+        buf: vec![0u8; 1 << 20],
+        hdr: Vec::with_capacity(4 * header::BLOCK),
+        progress,
+    };
+    w.entry(Path::new(""), &meta)?;
+    w.dir(Path::new(""))?;
+    // End of archive: two zero blocks.
+    w.out
+        .write_all(&[0u8; 2 * header::BLOCK])
+        .context("writing the archive")?;
+    let (entries, notes) = (w.entries, w.notes);
+    let (out, stats) = writer.finish()?;
+    Ok((
+        out,
+        CaptureReport {
+            summary: Summary::from_stats(&stats, entries),
+            notes,
+        },
+    ))
+}
+
+fn archive_name(rel: &Path, is_dir: bool) -> Vec<u8> {
+    let mut name = b"./".to_vec();
+    name.extend_from_slice(rel.as_os_str().as_bytes());
+    if is_dir && !rel.as_os_str().is_empty() {
+        name.push(b'/');
+    }
+    name
+}
+
+fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for name in xattr::list(path)? {
+        let Some(text) = name.to_str() else { continue };
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push((text.to_string(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The data segments of a file with holes, or `None` if it has none worth keeping.
+fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut segs = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).ok()?;
+    while pos < end {
+        let data = match lseek(file, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+            Err(_) => return None,
+        };
+        let hole = lseek(file, data, Whence::SeekHole).ok()?.min(end);
+        if hole > data {
+            segs.push((data as u64, (hole - data) as u64));
+        }
+        pos = hole;
+    }
+    let stored: u64 = segs.iter().map(|s| s.1).sum();
+    (stored < size).then_some(segs)
+}
+
+impl<W: Write> Walker<'_, W> {
+    fn note(&mut self, path: &Path, what: impl Into<String>) {
+        self.notes.push(Note {
+            path: format!("./{}", path.display()),
+            message: what.into(),
+        });
+    }
+
+    fn dir(&mut self, rel: &Path) -> Result<()> {
+        let full = self.root.join(rel);
+        let rd = match fs::read_dir(&full) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.note(rel, format!("directory not read: {e}"));
+                return Ok(());
+            }
+        };
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort();
+        for name in names {
+            let child = rel.join(&name);
+            if self.excludes.matches(&child, &name) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(self.root.join(&child)) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.note(&child, format!("vanished or unreadable: {e}"));
+                    continue;
+                }
+            };
+            if self.entry(&child, &meta)? && meta.is_dir() {
+                if self.one_fs.is_some_and(|dev| dev != meta.dev()) {
+                    continue;
+                }
+                self.dir(&child)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write one entry; `Ok(false)` if it was skipped with a note.
+    fn entry(&mut self, rel: &Path, meta: &Metadata) -> Result<bool> {
+        let full = self.root.join(rel);
+        let ft = meta.file_type();
+        let mut file = None;
+        let mut size = 0;
+        let kind = if ft.is_dir() {
+            Kind::Directory
+        } else if ft.is_symlink() {
+            match fs::read_link(&full) {
+                Ok(t) => Kind::Symlink(t.as_os_str().as_bytes().to_vec()),
+                Err(e) => {
+                    self.note(rel, format!("symlink not read: {e}"));
+                    return Ok(false);
+                }
+            }
+        } else if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            if meta.nlink() > 1 {
+                if let Some(first) = self.links.get(&key) {
+                    Kind::Hardlink(first.clone())
+                } else {
+                    self.links.insert(key, archive_name(rel, false));
+                    Kind::Regular
+                }
+            } else {
+                Kind::Regular
+            }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let rdev = meta.rdev();
+            let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+            let (maj, min) = (maj as u32, min as u32);
+            if ft.is_char_device() {
+                Kind::Char(maj, min)
+            } else {
+                Kind::Block(maj, min)
+            }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            self.note(rel, "socket skipped");
+            return Ok(false);
+        };
+        let mut kind = kind;
+        if kind == Kind::Regular {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOATIME)
+                .open(&full)
+                .or_else(|_| File::open(&full));
+            match f {
+                Ok(f) => {
+                    size = meta.len();
+                    if meta.blocks() * 512 < size {
+                        if let Some(segs) = data_segments(&f, size) {
+                            kind = Kind::Sparse(segs);
+                        }
+                    }
+                    file = Some(f);
+                }
+                Err(e) => {
+                    self.note(rel, format!("file not read: {e}"));
+                    return Ok(false);
+                }
+            }
+        }
+        let xattrs = match read_xattrs(&full) {
+            Ok(x) => x,
+            Err(e) => {
+                self.note(rel, format!("extended attributes not read: {e}"));
+                Vec::new()
+            }
+        };
+        let e = Entry {
+            name: archive_name(rel, ft.is_dir()),
+            kind,
+            mode: meta.mode(),
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            size,
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            xattrs,
+        };
+        self.hdr.clear();
+        header::encode(&e, &mut self.hdr);
+        self.out
+            .write_all(&self.hdr)
+            .context("writing the archive")?;
+        self.entries += 1;
+        if let Some(f) = file {
+            let segs = match &e.kind {
+                Kind::Sparse(s) => s.clone(),
+                _ => vec![(0, size)],
+            };
+            let stored: u64 = segs.iter().map(|s| s.1).sum();
+            for (off, len) in segs {
+                self.copy_range(rel, &f, off, len)?;
+            }
+            let pad = header::padding(stored);
+            self.out
+                .write_all(&[0u8; header::BLOCK][..pad])
+                .context("writing the archive")?;
+        }
+        Ok(true)
+    }
+
+    /// Copy `len` bytes at `off` of `f` into the stream. A file that shrank while we
+    /// read it is padded with zeros so the stream stays well formed, with a note.
+    fn copy_range(&mut self, rel: &Path, f: &File, off: u64, len: u64) -> Result<()> {
+        let mut done = 0u64;
+        let mut short = false;
+        while done < len {
+            let want = (len - done).min(self.buf.len() as u64) as usize;
+            let n = if short {
+                0
+            } else {
+                match f.read_at(&mut self.buf[..want], off + done) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.note(
+                            rel,
+                            format!("read error at byte {}: {e}; rest zero-filled", off + done),
+                        );
+                        0
+                    }
+                }
+            };
+            if n == 0 {
+                if !short {
+                    self.note(rel, "file shrank while being read; zero-filled");
+                }
+                short = true;
+                self.buf[..want].fill(0);
+            }
+            let n = if n == 0 { want } else { n };
+            self.out
+                .write_all(&self.buf[..n])
+                .context("writing the archive")?;
+            (self.progress)(n as u64);
+            done += n as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,423 @@
+//! The command line: argument definitions, dispatch to one library call per
+//! subcommand, human and `--json` output, and exit codes.
+//!
+//! Exit codes: 0 success; 1 error (nothing or not everything done, see the message);
+//! 2 done, but some entries were skipped or lost metadata (listed on stderr);
+//! 3 an archive failed verification (damaged, or not matching its summary).
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::archive::{self, CaptureOptions, ExtractOptions, Summary};
+use crate::progress::Progress;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "Point-in-time images, emergency boot and restore for two-disk appliances",
+    long_about = "understudy keeps a two-disk appliance running when its primary disk dies: it \
+                  images the primary onto the secondary disk, keeps a bootable emergency copy \
+                  there, and restores a replacement primary from a recovery console."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, check, list and extract image archives (tar inside lzop)
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Debug, Args)]
+struct Threads {
+    /// Worker threads for compression or decompression [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl Threads {
+    fn get(&self) -> usize {
+        self.threads.unwrap_or_else(archive::default_threads).max(1)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Capture a directory tree into an archive
+    #[command(after_help = "\
+The archive is a tar stream inside an lzop container: `lzop -dc A | tar -xpf -` reads it.
+Its summary (length, SHA-256, uncompressed size, entry count) is written beside it as
+ARCHIVE.json; `verify` and `extract` check it. With ARCHIVE `-` the archive goes to
+standard output and the summary to --summary, or to standard error.
+
+Examples:
+  understudy archive create /mnt/snap/root root.tar.lzo --exclude 'var/log/*' --progress
+  understudy archive create /srv - --summary srv.json | ssh backup 'cat > srv.tar.lzo'")]
+    Create {
+        /// Directory to capture
+        source: PathBuf,
+        /// Archive to write, or `-` for standard output
+        archive: PathBuf,
+        /// Leave out matching paths (repeatable). A pattern with `/` matches the path
+        /// below SOURCE (`var/log/*`); one without matches any name (`*.core`)
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Stay on SOURCE's filesystem: mount points are kept as empty directories
+        #[arg(long)]
+        one_file_system: bool,
+        /// Where to write the summary [default: ARCHIVE.json]
+        #[arg(long, value_name = "PATH")]
+        summary: Option<PathBuf>,
+        #[command(flatten)]
+        threads: Threads,
+        /// Show a progress bar on a terminal
+        #[arg(long)]
+        progress: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate the tree from an archive; nothing outside TARGET is ever touched
+    #[command(after_help = "\
+Member names with `..` are refused; absolute names, symlinks and hardlinks are resolved
+inside TARGET as if it were `/`. Owners are restored when running as root. If a summary
+is found (ARCHIVE.json or --summary), the archive must match it or the command fails.")]
+    Extract {
+        /// Archive to read, or `-` for standard input
+        archive: PathBuf,
+        /// Directory to extract into (created if missing)
+        target: PathBuf,
+        /// Summary to check against [default: ARCHIVE.json if it exists]
+        #[arg(long, value_name = "PATH")]
+        summary: Option<PathBuf>,
+        #[command(flatten)]
+        threads: Threads,
+        /// Show a progress bar on a terminal
+        #[arg(long)]
+        progress: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an archive completely: container, checksums, tar structure, summary
+    Verify {
+        /// Archive to read, or `-` for standard input
+        archive: PathBuf,
+        /// Summary to check against [default: ARCHIVE.json if it exists]
+        #[arg(long, value_name = "PATH")]
+        summary: Option<PathBuf>,
+        #[command(flatten)]
+        threads: Threads,
+        /// Show a progress bar on a terminal
+        #[arg(long)]
+        progress: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the members of an archive
+    List {
+        /// Archive to read, or `-` for standard input
+        archive: PathBuf,
+        #[command(flatten)]
+        threads: Threads,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Outcomes that have their own exit code.
+#[derive(Debug, thiserror::Error)]
+enum Outcome {
+    #[error("{0} problem(s); see above")]
+    Problems(usize),
+    #[error("verification failed: {0:#}")]
+    Damaged(anyhow::Error),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("understudy: {e:#}");
+            match e.downcast_ref::<Outcome>() {
+                Some(Outcome::Problems(_)) => ExitCode::from(2),
+                Some(Outcome::Damaged(_)) => ExitCode::from(3),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Archive(cmd) => archive_cmd(cmd),
+    }
+}
+
+fn is_stdio(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+fn open_input(p: &Path) -> Result<Box<dyn Read + Send>> {
+    if is_stdio(p) {
+        Ok(Box::new(io::stdin()))
+    } else {
+        let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+}
+
+/// The summary to check against: the one named, else the sidecar if it exists.
+fn find_summary(archive: &Path, named: Option<&Path>) -> Result<Option<Summary>> {
+    match named {
+        Some(p) => Summary::load(p).map(Some),
+        None if is_stdio(archive) => Ok(None),
+        None => {
+            let side = Summary::sidecar(archive);
+            if side.exists() {
+                Summary::load(&side).map(Some)
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn report_notes(notes: &[archive::Note]) {
+    for n in notes {
+        eprintln!("understudy: {n}");
+    }
+}
+
+fn archive_cmd(cmd: ArchiveCommand) -> Result<()> {
+    match cmd {
+        ArchiveCommand::Create {
+            source,
+            archive: dest,
+            exclude,
+            one_file_system,
+            summary,
+            threads,
+            progress,
+            json,
+        } => {
+            let opts = CaptureOptions {
+                excludes: exclude,
+                threads: threads.get(),
+                one_file_system,
+                mtime: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            // The total is only known by walking the tree once more; do it only
+            // when someone is watching.
+            let total = progress.then(|| tree_bytes(&source));
+            let bar = Progress::new(progress, "capture", total);
+            let mut tick = |n| bar.add(n);
+            let report = if is_stdio(&dest) {
+                let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+                let (_, report) = archive::create(&source, out, &opts, &mut tick)?;
+                report
+            } else {
+                let partial = partial_path(&dest);
+                let f = File::create(&partial)
+                    .with_context(|| format!("creating {}", partial.display()))?;
+                let out = BufWriter::with_capacity(1 << 20, f);
+                let result =
+                    archive::create(&source, out, &opts, &mut tick).and_then(|(out, report)| {
+                        let f = out.into_inner().map_err(|e| e.into_error())?;
+                        f.sync_all().context("syncing the archive")?;
+                        std::fs::rename(&partial, &dest).with_context(|| {
+                            format!("renaming {} to {}", partial.display(), dest.display())
+                        })?;
+                        Ok(report)
+                    });
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                result?
+            };
+            bar.done();
+            let side = summary.or_else(|| (!is_stdio(&dest)).then(|| Summary::sidecar(&dest)));
+            match side {
+                Some(p) => report.summary.save(&p)?,
+                None if !json => eprintln!("{}", serde_json::to_string(&report.summary)?),
+                None => {}
+            }
+            report_notes(&report.notes);
+            if json {
+                print_json(&report)?;
+            } else if !is_stdio(&dest) {
+                let s = &report.summary;
+                println!(
+                    "{}: {} entries, {} bytes of tar in {} bytes ({:.1}%), sha256 {}",
+                    dest.display(),
+                    s.entries,
+                    s.uncompressed,
+                    s.length,
+                    100.0 * s.length as f64 / s.uncompressed.max(1) as f64,
+                    s.sha256
+                );
+            }
+            Ok(())
+        }
+        ArchiveCommand::Extract {
+            archive: src,
+            target,
+            summary,
+            threads,
+            progress,
+            json,
+        } => {
+            let expect = find_summary(&src, summary.as_deref())?;
+            let bar = Progress::new(progress, "extract", expect.as_ref().map(|s| s.uncompressed));
+            let opts = ExtractOptions {
+                threads: threads.get(),
+                expect,
+                ..ExtractOptions::default()
+            };
+            let report = archive::extract(open_input(&src)?, &target, &opts, &mut |n| bar.add(n));
+            bar.done();
+            let report = report.map_err(|e| match e.downcast_ref::<io::Error>() {
+                Some(_) => e,
+                None => Outcome::Damaged(e).into(),
+            })?;
+            report_notes(&report.problems);
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{}: {} entries, {} bytes of tar extracted",
+                    target.display(),
+                    report.summary.entries,
+                    report.summary.uncompressed
+                );
+            }
+            if !report.problems.is_empty() {
+                return Err(Outcome::Problems(report.problems.len()).into());
+            }
+            Ok(())
+        }
+        ArchiveCommand::Verify {
+            archive: src,
+            summary,
+            threads,
+            progress,
+            json,
+        } => {
+            let expect = find_summary(&src, summary.as_deref())?;
+            let bar = Progress::new(progress, "verify", expect.as_ref().map(|s| s.uncompressed));
+            let got = archive::verify(
+                open_input(&src)?,
+                expect.as_ref(),
+                threads.get(),
+                &mut |n| bar.add(n),
+            );
+            bar.done();
+            let got = got.map_err(Outcome::Damaged)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "ok": true,
+                    "summary_checked": expect.is_some(),
+                    "summary": got,
+                }))?;
+            } else {
+                println!(
+                    "{}: ok, {} entries, {} bytes, sha256 {}",
+                    src.display(),
+                    got.entries,
+                    got.length,
+                    got.sha256
+                );
+                if expect.is_none() {
+                    eprintln!(
+                        "understudy: no summary found: length and SHA-256 were not checked, so a \
+                         dropped or duplicated block could pass"
+                    );
+                }
+            }
+            Ok(())
+        }
+        ArchiveCommand::List {
+            archive: src,
+            threads,
+            json,
+        } => {
+            let mut out = BufWriter::new(io::stdout().lock());
+            let result = archive::walk(open_input(&src)?, threads.get(), &mut |_| {}, |item| {
+                let r = if json {
+                    serde_json::to_writer(&mut out, &item)
+                        .map_err(io::Error::from)
+                        .and_then(|()| writeln!(out))
+                } else {
+                    writeln!(out, "{item}")
+                };
+                match r {
+                    // `list | head` closes the pipe: stop quietly.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StopListing.into()),
+                    r => r.context("writing the listing"),
+                }
+            });
+            match result {
+                Err(e) if e.downcast_ref::<StopListing>().is_some() => Ok(()),
+                Err(e) => Err(Outcome::Damaged(e).into()),
+                Ok(_) => out
+                    .flush()
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .context("writing the listing"),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listing stopped")]
+struct StopListing;
+
+fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Bytes of regular-file data under `root`, for a progress total.
+fn tree_bytes(root: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(root)
+}
