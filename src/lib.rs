@@ -3,7 +3,11 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
+// Test data is built with deliberate narrowing casts.
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+
 pub mod archive;
 pub mod cli;
 pub mod lzop;
 pub mod progress;
+pub mod tree;

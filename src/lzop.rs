@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 
+mod lzo1x_1;
+
 /// The nine bytes every lzop file starts with.
 pub const MAGIC: [u8; 9] = [0x89, b'L', b'Z', b'O', 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
 /// Uncompressed bytes per block when writing (lzop's own default).
@@ -117,10 +119,11 @@ impl Header {
         body.push(self.level);
         body.extend_from_slice(&self.flags.to_be_bytes());
         body.extend_from_slice(&self.mode.to_be_bytes());
-        body.extend_from_slice(&(self.mtime as u32).to_be_bytes());
-        body.extend_from_slice(&((self.mtime >> 32) as u32).to_be_bytes());
+        let (lo, hi) = (self.mtime & 0xffff_ffff, self.mtime >> 32);
+        body.extend_from_slice(&u32::try_from(lo).unwrap_or(0).to_be_bytes());
+        body.extend_from_slice(&u32::try_from(hi).unwrap_or(0).to_be_bytes());
         let name = &self.name[..self.name.len().min(255)];
-        body.push(name.len() as u8);
+        body.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         body.extend_from_slice(name);
         let check = adler32(1, &body);
         let mut out = MAGIC.to_vec();
@@ -273,14 +276,17 @@ pub struct StreamStats {
 // ---------------------------------------------------------------------------
 // Writing
 
-fn compress_block(data: &[u8], checks: Checks) -> Vec<u8> {
-    let packed = lzo1x::compress(data, lzo1x::CompressLevel::new(3));
+fn compress_block(c: &mut lzo1x_1::Compressor, data: &[u8], checks: Checks) -> Vec<u8> {
+    let mut packed = Vec::new();
+    c.compress(data, &mut packed);
     // lzop stores a block raw when compression does not make it smaller.
     let stored = packed.len() >= data.len();
     let payload: &[u8] = if stored { data } else { &packed };
     let mut out = Vec::with_capacity(payload.len() + 16);
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    // Blocks are at most BLOCK_SIZE, far below 4 GiB.
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+    out.extend_from_slice(&len32(data.len()));
+    out.extend_from_slice(&len32(payload.len()));
     if checks.adler_d {
         out.extend_from_slice(&adler32(1, data).to_be_bytes());
     }
@@ -311,6 +317,8 @@ pub struct Writer<W: Write> {
     buf: Vec<u8>,
     checks: Checks,
     pool: Option<Pool>,
+    /// Used when there is no pool (one thread).
+    compressor: Option<Box<lzo1x_1::Compressor>>,
     next_seq: u64,
     next_out: u64,
     done: BTreeMap<u64, Vec<u8>>,
@@ -336,8 +344,12 @@ impl<W: Write> Writer<W> {
                     let job_rx = job_rx.clone();
                     let res_tx: Sender<(u64, Vec<u8>)> = res_tx.clone();
                     thread::spawn(move || {
+                        let mut c = lzo1x_1::Compressor::new();
                         for (seq, data) in job_rx {
-                            if res_tx.send((seq, compress_block(&data, checks))).is_err() {
+                            if res_tx
+                                .send((seq, compress_block(&mut c, &data, checks)))
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -361,6 +373,7 @@ impl<W: Write> Writer<W> {
             buf: Vec::with_capacity(BLOCK_SIZE),
             checks,
             pool,
+            compressor: None,
             next_seq: 0,
             next_out: 0,
             done: BTreeMap::new(),
@@ -409,7 +422,11 @@ impl<W: Write> Writer<W> {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.pool.is_none() {
-            let block = compress_block(&data, self.checks);
+            let block = compress_block(
+                self.compressor.get_or_insert_with(Box::default),
+                &data,
+                self.checks,
+            );
             self.next_out += 1;
             return self.emit(&block);
         }

@@ -258,7 +258,11 @@ impl<W: Write> Walker<'_, W> {
         } else if ft.is_char_device() || ft.is_block_device() {
             let rdev = meta.rdev();
             let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-            let (maj, min) = (maj as u32, min as u32);
+            // Linux device numbers are 12-bit major, 20-bit minor.
+            let (maj, min) = (
+                u32::try_from(maj).unwrap_or(u32::MAX),
+                u32::try_from(min).unwrap_or(u32::MAX),
+            );
             if ft.is_char_device() {
                 Kind::Char(maj, min)
             } else {
@@ -308,7 +312,7 @@ impl<W: Write> Walker<'_, W> {
             gid: u64::from(meta.gid()),
             size,
             mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec() as u32,
+            mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
             xattrs,
         };
         self.hdr.clear();
@@ -340,7 +344,8 @@ impl<W: Write> Walker<'_, W> {
         let mut done = 0u64;
         let mut short = false;
         while done < len {
-            let want = (len - done).min(self.buf.len() as u64) as usize;
+            let want =
+                usize::try_from(len - done).map_or(self.buf.len(), |r| r.min(self.buf.len()));
             let n = if short {
                 0
             } else {

@@ -198,7 +198,7 @@ pub fn encode(e: &Entry, out: &mut Vec<u8>) {
 
 /// Padding after `len` bytes of entry data.
 pub fn padding(len: u64) -> usize {
-    let rem = (len % BLOCK as u64) as usize;
+    let rem = usize::try_from(len % BLOCK as u64).unwrap_or(0);
     if rem == 0 { 0 } else { BLOCK - rem }
 }
 

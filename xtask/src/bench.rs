@@ -1,0 +1,701 @@
+//! `cargo xtask bench`: understudy against GNU tar + lzop on the corpus.
+//!
+//! One run measures, each as the median of N wall-clock runs:
+//! * capture: `understudy archive create` vs `tar -cpf - . | lzop -3`, with
+//!   plain `tar -cpf` (no compression) as the limit, plus the archive sizes;
+//! * extract onto a freshly made ext4 filesystem, `sync` included:
+//!   `understudy archive extract` vs `lzop -dc | tar -xpf -`, with plain
+//!   `tar -xpf` of the uncompressed tar as the limit.
+//!
+//! Results go to stdout as a table and to `target/bench/archive.json`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::corpus;
+use crate::run::{Cmd, is_root, require};
+use crate::target_dir;
+
+/// Targets the project holds itself to (ours / theirs).
+const CAPTURE_TIME_TARGET: f64 = 0.60;
+const CAPTURE_SIZE_TARGET: f64 = 1.02;
+const EXTRACT_TIME_TARGET: f64 = 0.50;
+
+struct Opts {
+    runs: usize,
+    quick: bool,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut runs = None;
+    let mut quick = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => {
+                let v = it.next().context("--runs needs a number")?;
+                runs = Some(v.parse().with_context(|| format!("bad --runs `{v}`"))?);
+            }
+            s if s.starts_with("--runs=") => {
+                let v = &s["--runs=".len()..];
+                runs = Some(v.parse().with_context(|| format!("bad --runs `{v}`"))?);
+            }
+            "--quick" => quick = true,
+            other => bail!("bench: unknown argument `{other}` (usage: bench [--runs N] [--quick])"),
+        }
+    }
+    let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(Opts { runs, quick })
+}
+
+/// Timings of one contender on one operation.
+#[derive(Serialize, Default, Clone)]
+struct Timing {
+    /// Every run, in seconds, in the order they ran.
+    runs_s: Vec<f64>,
+    median_s: Option<f64>,
+    /// Why this contender has no figures, if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+impl Timing {
+    fn skipped(why: impl Into<String>) -> Self {
+        Timing {
+            skipped: Some(why.into()),
+            ..Timing::default()
+        }
+    }
+    fn push(&mut self, d: Duration) {
+        self.runs_s.push(d.as_secs_f64());
+        self.median_s = median(&self.runs_s);
+    }
+}
+
+#[derive(Serialize)]
+struct Operation {
+    ours: Timing,
+    theirs: Timing,
+    limit: Timing,
+    /// `ours / theirs` of the medians.
+    ratio_ours_theirs: Option<f64>,
+    ratio_ours_limit: Option<f64>,
+    target_ratio: f64,
+    met: Option<bool>,
+}
+
+impl Operation {
+    fn new(ours: Timing, theirs: Timing, limit: Timing, target: f64) -> Self {
+        let ratio = |a: &Timing, b: &Timing| Some(a.median_s? / b.median_s?);
+        let ratio_ours_theirs = ratio(&ours, &theirs);
+        Operation {
+            ratio_ours_limit: ratio(&ours, &limit),
+            met: ratio_ours_theirs.map(|r| r <= target),
+            ratio_ours_theirs,
+            ours,
+            theirs,
+            limit,
+            target_ratio: target,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Sizes {
+    ours_bytes: Option<u64>,
+    theirs_bytes: Option<u64>,
+    /// The uncompressed tar.
+    limit_bytes: Option<u64>,
+    ratio_ours_theirs: Option<f64>,
+    target_ratio: f64,
+    met: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    git_commit: String,
+    host: Host,
+    corpus: CorpusInfo,
+    runs: usize,
+    quick: bool,
+    page_cache_dropped: bool,
+    /// Where extraction wrote: a fresh loop-mounted ext4, or a fallback.
+    extract_target: String,
+    capture: Operation,
+    capture_size: Sizes,
+    extract: Operation,
+    /// All targets that could be measured were met.
+    all_met: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Host {
+    cpus: usize,
+    kernel: String,
+    tar: String,
+    lzop: String,
+}
+
+#[derive(Serialize)]
+struct CorpusInfo {
+    path: String,
+    entries: u64,
+    regular_file_bytes: u64,
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let opts = parse(args)?;
+    require(&[
+        "bash",
+        "tar",
+        "lzop",
+        "mkfs.ext4",
+        "mount",
+        "umount",
+        "sync",
+    ])?;
+    let corpus = corpus::ensure()?;
+    let (entries, bytes) = corpus::stats(&corpus)?;
+    eprintln!(
+        "bench: corpus {} ({entries} entries, {}), {} run(s) each",
+        corpus.display(),
+        corpus::human_bytes(bytes),
+        opts.runs
+    );
+
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+
+    let ours_bin = build_ours();
+    let ours_archive = dir.join("ours.tar.lzo");
+    let theirs_archive = dir.join("theirs.tar.lzo");
+    let limit_archive = dir.join("limit.tar");
+    let c = shell_quote(&corpus);
+
+    // --- capture -------------------------------------------------------
+    let ours_capture_cmd = ours_bin.as_ref().ok().map(|bin| {
+        Cmd::new(bin)
+            .args(["archive", "create"])
+            .arg(&corpus)
+            .arg(&ours_archive)
+    });
+    let theirs_capture_cmd = Cmd::bash(&format!(
+        "tar -C {c} -cpf - . | lzop -3 > {}",
+        shell_quote(&theirs_archive)
+    ));
+    let limit_capture_cmd = Cmd::new("tar")
+        .arg("-C")
+        .arg(&corpus)
+        .arg("-cpf")
+        .arg(&limit_archive)
+        .arg(".");
+
+    let mut ours_cap = match &ours_bin {
+        Ok(_) => Timing::default(),
+        Err(e) => Timing::skipped(e.clone()),
+    };
+    let mut theirs_cap = Timing::default();
+    let mut limit_cap = if opts.quick {
+        Timing::skipped("--quick")
+    } else {
+        Timing::default()
+    };
+    let mut dropped = true;
+    for run in 1..=opts.runs {
+        eprintln!("bench: capture run {run}/{}", opts.runs);
+        if ours_cap.skipped.is_none()
+            && let Some(cmd) = &ours_capture_cmd
+        {
+            remove_archive(&ours_archive);
+            dropped &= drop_caches();
+            match cmd.timed() {
+                Ok(d) => ours_cap.push(d),
+                Err(e) => {
+                    eprintln!("bench: ours skipped from here on: {e:#}");
+                    ours_cap = Timing::skipped(format!("{e:#}"));
+                }
+            }
+        }
+        remove_archive(&theirs_archive);
+        dropped &= drop_caches();
+        theirs_cap.push(theirs_capture_cmd.timed()?);
+        if limit_cap.skipped.is_none() {
+            remove_archive(&limit_archive);
+            dropped &= drop_caches();
+            limit_cap.push(limit_capture_cmd.timed()?);
+        }
+    }
+    let size = |p: &Path, t: &Timing| {
+        if t.skipped.is_some() {
+            None
+        } else {
+            fs::metadata(p).ok().map(|m| m.len())
+        }
+    };
+    let ours_size = size(&ours_archive, &ours_cap);
+    let theirs_size = size(&theirs_archive, &theirs_cap);
+    let limit_size = size(&limit_archive, &limit_cap);
+    let size_ratio = match (ours_size, theirs_size) {
+        (Some(o), Some(t)) if t > 0 => Some(o as f64 / t as f64),
+        _ => None,
+    };
+    let capture_size = Sizes {
+        ours_bytes: ours_size,
+        theirs_bytes: theirs_size,
+        limit_bytes: limit_size,
+        ratio_ours_theirs: size_ratio,
+        target_ratio: CAPTURE_SIZE_TARGET,
+        met: size_ratio.map(|r| r <= CAPTURE_SIZE_TARGET),
+    };
+    let capture = Operation::new(ours_cap, theirs_cap, limit_cap, CAPTURE_TIME_TARGET);
+
+    // --- extract -------------------------------------------------------
+    let fs_bytes = bytes * 2 + (512 << 20);
+    let (target_kind, use_loop) = match probe_loop(&dir) {
+        Ok(()) => (
+            "fresh ext4 on a loop-mounted sparse image".to_string(),
+            true,
+        ),
+        Err(e) => {
+            let why = format!(
+                "plain directory on the host filesystem (loop mount of ext4 failed: {e:#})"
+            );
+            eprintln!("bench: extract target: {why}");
+            (why, false)
+        }
+    };
+    let mut ours_ex = match &capture.ours.skipped {
+        None => Timing::default(),
+        Some(why) => Timing::skipped(format!("no archive of ours: {why}")),
+    };
+    let mut theirs_ex = Timing::default();
+    let mut limit_ex = match &capture.limit.skipped {
+        None => Timing::default(),
+        Some(why) => Timing::skipped(why.clone()),
+    };
+    for run in 1..=opts.runs {
+        eprintln!("bench: extract run {run}/{}", opts.runs);
+        if ours_ex.skipped.is_none()
+            && let Ok(bin) = &ours_bin
+        {
+            let t = Target::fresh(&dir, "ours", use_loop, fs_bytes)?;
+            let cmd = Cmd::bash(&format!(
+                "{} archive extract {} {} && sync",
+                shell_quote(bin),
+                shell_quote(&ours_archive),
+                shell_quote(&t.mnt)
+            ));
+            dropped &= drop_caches();
+            match cmd.timed() {
+                Ok(d) => ours_ex.push(d),
+                Err(e) => {
+                    eprintln!("bench: ours extract skipped from here on: {e:#}");
+                    ours_ex = Timing::skipped(format!("{e:#}"));
+                }
+            }
+            t.finish()?;
+        }
+        {
+            let t = Target::fresh(&dir, "theirs", use_loop, fs_bytes)?;
+            let cmd = Cmd::bash(&format!(
+                "lzop -dc {} | tar -C {} -xpf - && sync",
+                shell_quote(&theirs_archive),
+                shell_quote(&t.mnt)
+            ));
+            dropped &= drop_caches();
+            theirs_ex.push(cmd.timed()?);
+            t.finish()?;
+        }
+        if limit_ex.skipped.is_none() {
+            let t = Target::fresh(&dir, "limit", use_loop, fs_bytes)?;
+            let cmd = Cmd::bash(&format!(
+                "tar -C {} -xpf {} && sync",
+                shell_quote(&t.mnt),
+                shell_quote(&limit_archive)
+            ));
+            dropped &= drop_caches();
+            limit_ex.push(cmd.timed()?);
+            t.finish()?;
+        }
+    }
+    let extract = Operation::new(ours_ex, theirs_ex, limit_ex, EXTRACT_TIME_TARGET);
+
+    let mets = [capture.met, capture_size.met, extract.met];
+    let all_met = if mets.iter().any(Option::is_none) {
+        None
+    } else {
+        Some(mets.iter().all(|m| *m == Some(true)))
+    };
+    let report = Report {
+        date: Cmd::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        git_commit: git_commit(),
+        host: Host {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: first_line(Cmd::new("uname").arg("-r")),
+            tar: first_line(Cmd::new("tar").arg("--version")),
+            lzop: lzop_version(),
+        },
+        corpus: CorpusInfo {
+            path: corpus.display().to_string(),
+            entries,
+            regular_file_bytes: bytes,
+        },
+        runs: opts.runs,
+        quick: opts.quick,
+        page_cache_dropped: dropped,
+        extract_target: target_kind,
+        capture,
+        capture_size,
+        extract,
+        all_met,
+    };
+
+    print_table(&report);
+    let json_path = dir.join("archive.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nJSON: {}", json_path.display());
+    Ok(())
+}
+
+/// Builds understudy in release and returns its path, or why ours is skipped.
+/// `UNDERSTUDY_BIN` names a binary to use instead (no build).
+fn build_ours() -> std::result::Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("UNDERSTUDY_BIN").filter(|b| !b.is_empty()) {
+        eprintln!("bench: ours = $UNDERSTUDY_BIN = {}", bin.to_string_lossy());
+        return Ok(PathBuf::from(bin));
+    }
+    eprintln!("bench: cargo build --release -p understudy");
+    let built = Cmd::new("cargo")
+        .args(["build", "--release", "-p", "understudy"])
+        .dir(crate::repo_root())
+        .run();
+    if let Err(e) = built {
+        let why = format!("release build failed: {e:#}");
+        eprintln!("bench: ours skipped: {why}");
+        return Err(why);
+    }
+    let bin = crate::release_bin("understudy");
+    if !bin.is_file() {
+        let why = format!("{} not found after the build", bin.display());
+        eprintln!("bench: ours skipped: {why}");
+        return Err(why);
+    }
+    Ok(bin)
+}
+
+/// Where one extraction run writes: a fresh ext4 mounted from a sparse
+/// image, or (fallback) a fresh empty directory.
+struct Target {
+    mnt: PathBuf,
+    image: Option<PathBuf>,
+    mounted: bool,
+}
+
+impl Target {
+    fn fresh(dir: &Path, name: &str, use_loop: bool, fs_bytes: u64) -> Result<Target> {
+        let mnt = dir.join(format!("mnt-{name}"));
+        corpus::unmount_below(&mnt)?;
+        remove_dir(&mnt)?;
+        fs::create_dir_all(&mnt)?;
+        if !use_loop {
+            return Ok(Target {
+                mnt,
+                image: None,
+                mounted: false,
+            });
+        }
+        let image = dir.join(format!("fs-{name}.img"));
+        make_ext4(&image, fs_bytes)?;
+        let mut t = Target {
+            mnt,
+            image: Some(image),
+            mounted: false,
+        };
+        Cmd::new("mount")
+            .args(["-o", "loop"])
+            .arg(t.image.as_ref().expect("set above"))
+            .arg(&t.mnt)
+            .output()?;
+        t.mounted = true;
+        Ok(t)
+    }
+
+    /// Unmounts and removes everything; errors here are real errors.
+    fn finish(mut self) -> Result<()> {
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        if self.mounted {
+            Cmd::new("umount").arg(&self.mnt).output()?;
+            self.mounted = false;
+        }
+        remove_dir(&self.mnt)?;
+        if let Some(img) = self.image.take() {
+            let _ = fs::remove_file(img);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Cmd::new("umount").arg("-l").arg(&self.mnt).output();
+            self.mounted = false;
+        }
+        if let Some(img) = self.image.take() {
+            let _ = fs::remove_file(img);
+        }
+    }
+}
+
+/// A sparse image with a fully initialised ext4 on it (no lazy inode table
+/// init, which would otherwise write in the background while we time).
+fn make_ext4(image: &Path, bytes: u64) -> Result<()> {
+    let _ = fs::remove_file(image);
+    let f = fs::File::create(image)?;
+    f.set_len(bytes)?;
+    drop(f);
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(image)
+        .output()?;
+    Ok(())
+}
+
+/// Checks once that a loop-mounted ext4 works here.
+fn probe_loop(dir: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("not root");
+    }
+    let t = Target::fresh(dir, "probe", true, 64 << 20)?;
+    fs::write(t.mnt.join("probe"), b"ok")?;
+    t.finish()
+}
+
+fn remove_dir(p: &Path) -> Result<()> {
+    if p.symlink_metadata().is_ok() {
+        Cmd::new("rm")
+            .args(["-rf", "--one-file-system"])
+            .arg(p)
+            .output()?;
+    }
+    Ok(())
+}
+
+fn remove_archive(p: &Path) {
+    let _ = fs::remove_file(p);
+    let mut side = p.as_os_str().to_owned();
+    side.push(".json");
+    let _ = fs::remove_file(PathBuf::from(side));
+}
+
+/// Flushes dirty pages and drops the page cache; false if we may not.
+fn drop_caches() -> bool {
+    let _ = Cmd::new("sync").output();
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"))
+}
+
+fn git_commit() -> String {
+    let rev = Cmd::new("git")
+        .args(["rev-parse", "HEAD"])
+        .dir(crate::repo_root())
+        .output()
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown (no commit)".into());
+    let dirty = Cmd::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .dir(crate::repo_root())
+        .output()
+        .is_ok_and(|s| !s.trim().is_empty());
+    if dirty { format!("{rev}-dirty") } else { rev }
+}
+
+fn first_line(cmd: Cmd) -> String {
+    cmd.output()
+        .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn lzop_version() -> String {
+    // lzop prints its banner on stdout with -V; keep the line naming it.
+    Cmd::new("lzop")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("lzop"))
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn print_table(r: &Report) {
+    let secs = |t: &Timing| match t.median_s {
+        Some(s) => format!("{s:.2} s"),
+        None => "-".into(),
+    };
+    let ratio = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
+    let met = |m: Option<bool>| match m {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+    let size_limit_ratio = match (r.capture_size.ours_bytes, r.capture_size.limit_bytes) {
+        (Some(o), Some(l)) if l > 0 => Some(o as f64 / l as f64),
+        _ => None,
+    };
+
+    let header = [
+        "operation",
+        "ours",
+        "theirs",
+        "ours/theirs",
+        "limit",
+        "ours/limit",
+        "target",
+        "met",
+    ];
+    let rows: Vec<[String; 8]> = vec![
+        [
+            "capture (time)".into(),
+            secs(&r.capture.ours),
+            secs(&r.capture.theirs),
+            ratio(r.capture.ratio_ours_theirs),
+            secs(&r.capture.limit),
+            ratio(r.capture.ratio_ours_limit),
+            format!("<= {:.2}", r.capture.target_ratio),
+            met(r.capture.met).into(),
+        ],
+        [
+            "capture (size)".into(),
+            mib(r.capture_size.ours_bytes),
+            mib(r.capture_size.theirs_bytes),
+            ratio(r.capture_size.ratio_ours_theirs),
+            mib(r.capture_size.limit_bytes),
+            ratio(size_limit_ratio),
+            format!("<= {:.2}", r.capture_size.target_ratio),
+            met(r.capture_size.met).into(),
+        ],
+        [
+            "extract + sync".into(),
+            secs(&r.extract.ours),
+            secs(&r.extract.theirs),
+            ratio(r.extract.ratio_ours_theirs),
+            secs(&r.extract.limit),
+            ratio(r.extract.ratio_ours_limit),
+            format!("<= {:.2}", r.extract.target_ratio),
+            met(r.extract.met).into(),
+        ],
+    ];
+    let mut width = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    println!();
+    println!(
+        "corpus: {} entries, {:.1} MiB in regular files; median of {} run(s); page cache {}",
+        r.corpus.entries,
+        r.corpus.regular_file_bytes as f64 / 1048576.0,
+        r.runs,
+        if r.page_cache_dropped {
+            "dropped before each run"
+        } else {
+            "NOT dropped (not permitted)"
+        }
+    );
+    println!("theirs: tar | lzop -3; limit: plain tar, no compression");
+    println!("extract target: {}", r.extract_target);
+    println!();
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", parts.join("  "));
+    };
+    line(&header.map(String::from));
+    line(&width.map(|w| "-".repeat(w)));
+    for row in &rows {
+        line(row);
+    }
+    for (what, t) in [
+        ("capture ours", &r.capture.ours),
+        ("capture limit", &r.capture.limit),
+        ("extract ours", &r.extract.ours),
+        ("extract limit", &r.extract.limit),
+    ] {
+        if let Some(why) = &t.skipped {
+            let first = why.lines().next().unwrap_or("");
+            println!("{what} skipped: {first}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn args() {
+        let a = |v: &[&str]| parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(a(&[]).unwrap().runs, 3);
+        assert_eq!(a(&["--quick"]).unwrap().runs, 1);
+        assert_eq!(a(&["--runs", "5", "--quick"]).unwrap().runs, 5);
+        assert_eq!(a(&["--runs=2"]).unwrap().runs, 2);
+        assert!(a(&["--runs", "0"]).is_err());
+        assert!(a(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! Project tasks: `cargo xtask <corpus|bench|test|demo>` (or `./x ...`).
+
+mod bench;
+mod corpus;
+mod demo;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command> [args]
+
+commands:
+  corpus                    build (if missing) the debootstrap tree; print its path
+  bench [--runs N] [--quick]  time understudy against tar+lzop on the corpus
+  test                      fmt check, clippy -D warnings, cargo test (what CI runs)
+  demo                      archive round trip on the corpus, with a summary
+  compare A B               check two trees match (contents, modes, owners, links)";
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    match cmd.as_str() {
+        "corpus" => corpus::main(rest),
+        "bench" => bench::main(rest),
+        "test" => test::main(rest),
+        "demo" => demo::main(rest),
+        "compare" => demo::compare_main(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// Cargo's target directory (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                repo_root().join(d)
+            }
+        }
+        _ => repo_root().join("target"),
+    }
+}
+
+/// Where `cargo build --release` puts binary `name` (.cargo/config.toml sets
+/// build.target, so it lands under the target triple).
+pub fn release_bin(name: &str) -> PathBuf {
+    target_dir()
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join(name)
+}
