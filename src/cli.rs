@@ -297,9 +297,12 @@ fn archive_cmd(cmd: ArchiveCommand) -> Result<()> {
             };
             let report = archive::extract(open_input(&src)?, &target, &opts, &mut |n| bar.add(n));
             bar.done();
+            // A system error (the target cannot be written, the archive cannot be
+            // read) is not damage. The tar reader and the lzop decoder report damage
+            // as io::Errors too, but made up, without an OS error number.
             let report = report.map_err(|e| match e.downcast_ref::<io::Error>() {
-                Some(_) => e,
-                None => Outcome::Damaged(e).into(),
+                Some(io) if io.raw_os_error().is_some() => e,
+                _ => Outcome::Damaged(e).into(),
             })?;
             report_notes(&report.problems);
             if json {

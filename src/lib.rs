@@ -10,4 +10,5 @@ pub mod archive;
 pub mod cli;
 pub mod lzop;
 pub mod progress;
+pub mod sys;
 pub mod tree;

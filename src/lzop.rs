@@ -39,23 +39,11 @@ const M_LZO1X_1: u8 = 1;
 const M_LZO1X_1_15: u8 = 2;
 const M_LZO1X_999: u8 = 3;
 
-/// Adler-32 as lzop uses it (starting value 1).
-pub fn adler32(mut adler: u32, data: &[u8]) -> u32 {
-    const BASE: u32 = 65521;
-    // 5552 is the largest n with 255n(n+1)/2 + (n+1)(BASE-1) < 2^32 (zlib's NMAX).
-    const NMAX: usize = 5552;
-    let mut a = adler & 0xffff;
-    let mut b = adler >> 16;
-    for chunk in data.chunks(NMAX) {
-        for &byte in chunk {
-            a += u32::from(byte);
-            b += a;
-        }
-        a %= BASE;
-        b %= BASE;
-    }
-    adler = (b << 16) | a;
-    adler
+/// Adler-32 as lzop uses it, continuing from `adler` (1 for a fresh sum).
+pub fn adler32(adler: u32, data: &[u8]) -> u32 {
+    let mut a = simd_adler32::Adler32::from_checksum(adler);
+    a.write(data);
+    a.finish()
 }
 
 fn crc32(data: &[u8]) -> u32 {

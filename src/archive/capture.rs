@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use globset::{GlobSet, GlobSetBuilder};
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use nix::unistd::{Whence, lseek};
 
 use super::header::{self, Entry, Kind};
@@ -88,21 +89,22 @@ pub struct CaptureReport {
     pub notes: Vec<Note>,
 }
 
-struct Walker<'a, W: Write> {
-    root: PathBuf,
-    out: &'a mut lzop::Writer<W>,
-    excludes: Excludes,
-    one_fs: Option<u64>,
-    links: HashMap<(u64, u64), Vec<u8>>,
-    entries: u64,
-    notes: Vec<Note>,
-    buf: Vec<u8>,
-    hdr: Vec<u8>,
-    progress: &'a mut dyn FnMut(u64),
+/// One thing the scanner found, in archive order.
+enum Found {
+    /// An entry to write; `file` is open (and being read ahead) for regular files.
+    Entry {
+        header: Entry,
+        file: Option<File>,
+    },
+    Note(Note),
 }
 
 /// Capture the tree at `source` into `out` as an lzop-compressed tar stream.
 /// `progress` is told how many bytes of file data were read, as they are.
+///
+/// A scanner thread walks the tree (directory reads, `lstat`, xattrs, opening files
+/// and asking the kernel to read them ahead) a bounded distance in front of the
+/// thread that writes the stream, so on a cold cache the disk always has work.
 pub fn create<W: Write>(
     source: &Path,
     out: W,
@@ -114,26 +116,47 @@ pub fn create<W: Write>(
     if !meta.is_dir() {
         anyhow::bail!("{} is not a directory", source.display());
     }
+    let excludes = Excludes::new(&opts.excludes)?;
     let mut writer = lzop::Writer::new(out, opts.threads.max(1), opts.mtime)?;
-    let mut w = Walker {
-        root: source.to_path_buf(),
-        out: &mut writer,
-        excludes: Excludes::new(&opts.excludes)?,
-        one_fs: opts.one_file_system.then(|| meta.dev()),
-        links: HashMap::new(),
-        entries: 0,
-        notes: Vec::new(),
-        buf: vec![0u8; 1 << 20],
-        hdr: Vec::with_capacity(4 * header::BLOCK),
-        progress,
-    };
-    w.entry(Path::new(""), &meta)?;
-    w.dir(Path::new(""))?;
+    // Each item in flight may hold an open file: stay well under the usual
+    // 1024-descriptor limit.
+    let (tx, rx) = crossbeam_channel::bounded::<Found>(LOOKAHEAD);
+    let (entries, notes) = std::thread::scope(|s| -> Result<(u64, Vec<Note>)> {
+        let mut scanner = Scanner {
+            root: source.to_path_buf(),
+            excludes,
+            one_fs: opts.one_file_system.then(|| meta.dev()),
+            links: HashMap::new(),
+            tx,
+        };
+        s.spawn(move || {
+            if scanner.entry(Path::new(""), &meta) {
+                scanner.dir(Path::new(""));
+            }
+        });
+        let mut sink = Sink {
+            out: &mut writer,
+            buf: vec![0u8; 1 << 20],
+            hdr: Vec::with_capacity(4 * header::BLOCK),
+            notes: Vec::new(),
+            progress,
+        };
+        let mut entries = 0u64;
+        for found in rx {
+            match found {
+                Found::Note(n) => sink.notes.push(n),
+                Found::Entry { header, file } => {
+                    sink.entry(&header, file)?;
+                    entries += 1;
+                }
+            }
+        }
+        Ok((entries, sink.notes))
+    })?;
     // End of archive: two zero blocks.
-    w.out
+    writer
         .write_all(&[0u8; 2 * header::BLOCK])
         .context("writing the archive")?;
-    let (entries, notes) = (w.entries, w.notes);
     let (out, stats) = writer.finish()?;
     Ok((
         out,
@@ -143,6 +166,11 @@ pub fn create<W: Write>(
         },
     ))
 }
+
+/// How many entries the scanner may run ahead of the writer.
+const LOOKAHEAD: usize = 256;
+/// How much of each file to ask the kernel to read ahead.
+const READAHEAD: i64 = 8 << 20;
 
 fn archive_name(rel: &Path, is_dir: bool) -> Vec<u8> {
     let mut name = b"./".to_vec();
@@ -186,22 +214,33 @@ fn data_segments(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
     (stored < size).then_some(segs)
 }
 
-impl<W: Write> Walker<'_, W> {
-    fn note(&mut self, path: &Path, what: impl Into<String>) {
-        self.notes.push(Note {
-            path: format!("./{}", path.display()),
-            message: what.into(),
-        });
+/// The walking half: decides what goes into the archive and describes it.
+struct Scanner {
+    root: PathBuf,
+    excludes: Excludes,
+    one_fs: Option<u64>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    tx: crossbeam_channel::Sender<Found>,
+}
+
+impl Scanner {
+    /// Returns false once the writer has stopped listening.
+    fn send(&self, f: Found) -> bool {
+        self.tx.send(f).is_ok()
     }
 
-    fn dir(&mut self, rel: &Path) -> Result<()> {
+    fn note(&self, path: &Path, what: impl Into<String>) -> bool {
+        self.send(Found::Note(Note {
+            path: format!("./{}", path.display()),
+            message: what.into(),
+        }))
+    }
+
+    fn dir(&mut self, rel: &Path) -> bool {
         let full = self.root.join(rel);
         let rd = match fs::read_dir(&full) {
             Ok(rd) => rd,
-            Err(e) => {
-                self.note(rel, format!("directory not read: {e}"));
-                return Ok(());
-            }
+            Err(e) => return self.note(rel, format!("directory not read: {e}")),
         };
         let mut names: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
         names.sort();
@@ -213,47 +252,46 @@ impl<W: Write> Walker<'_, W> {
             let meta = match fs::symlink_metadata(self.root.join(&child)) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.note(&child, format!("vanished or unreadable: {e}"));
+                    if !self.note(&child, format!("vanished or unreadable: {e}")) {
+                        return false;
+                    }
                     continue;
                 }
             };
-            if self.entry(&child, &meta)? && meta.is_dir() {
-                if self.one_fs.is_some_and(|dev| dev != meta.dev()) {
-                    continue;
-                }
-                self.dir(&child)?;
+            if !self.entry(&child, &meta) {
+                return false;
+            }
+            let descend = meta.is_dir() && self.one_fs.is_none_or(|dev| dev == meta.dev());
+            if descend && !self.dir(&child) {
+                return false;
             }
         }
-        Ok(())
+        true
     }
 
-    /// Write one entry; `Ok(false)` if it was skipped with a note.
-    fn entry(&mut self, rel: &Path, meta: &Metadata) -> Result<bool> {
+    /// Describe one entry and send it; false once the writer is gone.
+    fn entry(&mut self, rel: &Path, meta: &Metadata) -> bool {
         let full = self.root.join(rel);
         let ft = meta.file_type();
         let mut file = None;
         let mut size = 0;
-        let kind = if ft.is_dir() {
+        let mut kind = if ft.is_dir() {
             Kind::Directory
         } else if ft.is_symlink() {
             match fs::read_link(&full) {
                 Ok(t) => Kind::Symlink(t.as_os_str().as_bytes().to_vec()),
-                Err(e) => {
-                    self.note(rel, format!("symlink not read: {e}"));
-                    return Ok(false);
-                }
+                Err(e) => return self.note(rel, format!("symlink not read: {e}")),
             }
         } else if ft.is_file() {
             let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 {
-                if let Some(first) = self.links.get(&key) {
-                    Kind::Hardlink(first.clone())
-                } else {
-                    self.links.insert(key, archive_name(rel, false));
+            match self.links.get(&key) {
+                Some(first) if meta.nlink() > 1 => Kind::Hardlink(first.clone()),
+                _ => {
+                    if meta.nlink() > 1 {
+                        self.links.insert(key, archive_name(rel, false));
+                    }
                     Kind::Regular
                 }
-            } else {
-                Kind::Regular
             }
         } else if ft.is_char_device() || ft.is_block_device() {
             let rdev = meta.rdev();
@@ -271,10 +309,8 @@ impl<W: Write> Walker<'_, W> {
         } else if ft.is_fifo() {
             Kind::Fifo
         } else {
-            self.note(rel, "socket skipped");
-            return Ok(false);
+            return self.note(rel, "socket skipped");
         };
-        let mut kind = kind;
         if kind == Kind::Regular {
             let f = fs::OpenOptions::new()
                 .read(true)
@@ -289,22 +325,24 @@ impl<W: Write> Walker<'_, W> {
                             kind = Kind::Sparse(segs);
                         }
                     }
+                    // Only a hint: the kernel starts reading while we go on.
+                    let ahead = i64::try_from(size).unwrap_or(READAHEAD).min(READAHEAD);
+                    let _ = posix_fadvise(&f, 0, ahead, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
                     file = Some(f);
                 }
-                Err(e) => {
-                    self.note(rel, format!("file not read: {e}"));
-                    return Ok(false);
-                }
+                Err(e) => return self.note(rel, format!("file not read: {e}")),
             }
         }
         let xattrs = match read_xattrs(&full) {
             Ok(x) => x,
             Err(e) => {
-                self.note(rel, format!("extended attributes not read: {e}"));
+                if !self.note(rel, format!("extended attributes not read: {e}")) {
+                    return false;
+                }
                 Vec::new()
             }
         };
-        let e = Entry {
+        let header = Entry {
             name: archive_name(rel, ft.is_dir()),
             kind,
             mode: meta.mode(),
@@ -315,32 +353,53 @@ impl<W: Write> Walker<'_, W> {
             mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
             xattrs,
         };
+        self.send(Found::Entry { header, file })
+    }
+}
+
+/// The writing half: headers and file data into the lzop stream.
+struct Sink<'a, W: Write> {
+    out: &'a mut lzop::Writer<W>,
+    buf: Vec<u8>,
+    hdr: Vec<u8>,
+    notes: Vec<Note>,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<W: Write> Sink<'_, W> {
+    fn note(&mut self, name: &[u8], what: impl Into<String>) {
+        self.notes.push(Note {
+            path: String::from_utf8_lossy(name).into_owned(),
+            message: what.into(),
+        });
+    }
+
+    fn entry(&mut self, e: &Entry, file: Option<File>) -> Result<()> {
         self.hdr.clear();
-        header::encode(&e, &mut self.hdr);
+        header::encode(e, &mut self.hdr);
         self.out
             .write_all(&self.hdr)
             .context("writing the archive")?;
-        self.entries += 1;
         if let Some(f) = file {
             let segs = match &e.kind {
                 Kind::Sparse(s) => s.clone(),
-                _ => vec![(0, size)],
+                _ => vec![(0, e.size)],
             };
             let stored: u64 = segs.iter().map(|s| s.1).sum();
             for (off, len) in segs {
-                self.copy_range(rel, &f, off, len)?;
+                self.copy_range(&e.name, &f, off, len)?;
             }
             let pad = header::padding(stored);
             self.out
                 .write_all(&[0u8; header::BLOCK][..pad])
                 .context("writing the archive")?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Copy `len` bytes at `off` of `f` into the stream. A file that shrank while we
     /// read it is padded with zeros so the stream stays well formed, with a note.
-    fn copy_range(&mut self, rel: &Path, f: &File, off: u64, len: u64) -> Result<()> {
+    fn copy_range(&mut self, name: &[u8], f: &File, off: u64, len: u64) -> Result<()> {
         let mut done = 0u64;
         let mut short = false;
         while done < len {
@@ -354,7 +413,7 @@ impl<W: Write> Walker<'_, W> {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         self.note(
-                            rel,
+                            name,
                             format!("read error at byte {}: {e}; rest zero-filled", off + done),
                         );
                         0
@@ -363,7 +422,7 @@ impl<W: Write> Walker<'_, W> {
             };
             if n == 0 {
                 if !short {
-                    self.note(rel, "file shrank while being read; zero-filled");
+                    self.note(name, "file shrank while being read; zero-filled");
                 }
                 short = true;
                 self.buf[..want].fill(0);

@@ -14,6 +14,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -66,6 +67,31 @@ struct Meta {
     gid: u64,
     mtime: TimeSpec,
     xattrs: Vec<(String, Vec<u8>)>,
+    /// GNU tar's pax sparse keys (`tar --sparse` in pax format), if any.
+    sparse: PaxSparse,
+    /// The pax `path` and `linkpath`, when the body was parsed here.
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+}
+
+/// A sparse file in one of GNU tar's pax formats (0.0, 0.1, 1.0). The member's
+/// data holds only the stored segments; 1.0 puts the map in front of them.
+#[derive(Clone, Debug, Default)]
+struct PaxSparse {
+    /// The real name (0.1 and 1.0; the header has `GNUSparseFile.PID/NAME`).
+    name: Option<Vec<u8>>,
+    /// The real size (`GNU.sparse.size`, or `GNU.sparse.realsize` in 1.0).
+    size: Option<u64>,
+    /// Offsets and lengths, in turn (0.0: `offset`/`numbytes` records; 0.1: `map`).
+    map: Vec<u64>,
+    /// Format 1.0: the map leads the data.
+    map_in_data: bool,
+}
+
+impl PaxSparse {
+    fn present(&self) -> bool {
+        self.size.is_some() || self.name.is_some() || self.map_in_data || !self.map.is_empty()
+    }
 }
 
 /// A cleaned archive name: components with no `.`, `..` or empty parts.
@@ -123,8 +149,13 @@ fn in_root(flags: OFlag) -> OpenHow {
 struct Extractor {
     root: OwnedFd,
     same_owner: bool,
-    /// The most recently used parent directory, by cleaned path.
-    cached: Option<(Vec<u8>, OwnedFd)>,
+    /// The most recently used parent directory: cleaned path, handle, and whether it
+    /// is setgid (then new files take its group, not ours).
+    cached: Option<(Vec<u8>, Rc<OwnedFd>, bool)>,
+    /// Our own ids and umask: when a file's owner and mode come out right at
+    /// creation, the chown and chmod calls are skipped (two syscalls a file).
+    ids: (u64, u64),
+    umask: u32,
     dirs: Vec<(Name, Meta)>,
     problems: Vec<Note>,
     stripped_absolute: bool,
@@ -144,11 +175,15 @@ impl Extractor {
     }
 
     /// A handle on the directory that will hold `name`, creating missing ones.
-    fn parent(&mut self, name: &Name) -> nix::Result<OwnedFd> {
+    fn parent(&mut self, name: &Name) -> nix::Result<Rc<OwnedFd>> {
+        self.parent_and_setgid(name).map(|(fd, _)| fd)
+    }
+
+    fn parent_and_setgid(&mut self, name: &Name) -> nix::Result<(Rc<OwnedFd>, bool)> {
         let want = name.parent();
-        if let Some((path, fd)) = &self.cached {
+        if let Some((path, fd, setgid)) = &self.cached {
             if *path == want {
-                return fd.try_clone().map_err(|_| Errno::EBADF);
+                return Ok((Rc::clone(fd), *setgid));
             }
         }
         let fd = match openat2(&self.root, want.as_slice(), in_root(dir_flags())) {
@@ -156,8 +191,10 @@ impl Extractor {
             Err(Errno::ENOENT) => self.make_dirs(name)?,
             Err(e) => return Err(e),
         };
-        self.cached = Some((want, fd.try_clone().map_err(|_| Errno::EBADF)?));
-        Ok(fd)
+        let setgid = nix::sys::stat::fstat(&fd)?.st_mode & libc::S_ISGID != 0;
+        let fd = Rc::new(fd);
+        self.cached = Some((want, Rc::clone(&fd), setgid));
+        Ok((fd, setgid))
     }
 
     /// `mkdir -p` of the parent of `name`, one component at a time, inside the root.
@@ -208,14 +245,24 @@ impl Extractor {
 
     /// Owner, mode, xattrs and times on an open file or directory, in that order.
     fn finish_fd(&mut self, fd: &impl AsFd, meta: &Meta, shown: &str) {
+        self.finish_fd_as(fd, meta, shown, false);
+    }
+
+    /// As `finish_fd`; `owned_right` says the object was just created with the
+    /// archive's owner and `meta.mode & 0o777` as its mode, so only what creation
+    /// could not get right (special bits, bits the umask removed) is set again.
+    fn finish_fd_as(&mut self, fd: &impl AsFd, meta: &Meta, shown: &str, owned_right: bool) {
         let (uid, gid) = self.owner(meta);
-        if uid.is_some() || gid.is_some() {
+        if !owned_right && (uid.is_some() || gid.is_some()) {
             if let Err(e) = fchown(fd, uid, gid) {
                 self.problem(shown, format!("owner not set: {e}"));
             }
         }
-        if let Err(e) = fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777)) {
-            self.problem(shown, format!("mode not set: {e}"));
+        let mode_right = owned_right && meta.mode & (0o7000 | self.umask) == 0;
+        if !mode_right {
+            if let Err(e) = fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777)) {
+                self.problem(shown, format!("mode not set: {e}"));
+            }
         }
         if !meta.xattrs.is_empty() {
             match fd_file(fd) {
@@ -234,8 +281,13 @@ impl Extractor {
         }
     }
 
-    fn entry(&mut self, e: &mut tar::Entry<'_, impl Read>) -> Result<()> {
-        let raw = e.path_bytes().into_owned();
+    /// `pax` is the member's pax body, whole, if it had one (see [`PaxTap`]).
+    fn entry(&mut self, e: &mut tar::Entry<'_, impl Read>, pax: Option<&[u8]>) -> Result<()> {
+        let meta = entry_meta(e, pax)?;
+        let raw = match (&meta.sparse.name, &meta.path) {
+            (Some(real), _) | (None, Some(real)) => real.clone(),
+            (None, None) => e.path_bytes().into_owned(),
+        };
         let shown = String::from_utf8_lossy(&raw).into_owned();
         if raw.first() == Some(&b'/') && !self.stripped_absolute {
             self.stripped_absolute = true;
@@ -248,29 +300,41 @@ impl Extractor {
                 return Ok(());
             }
         };
-        let meta = entry_meta(e)?;
         let etype = e.header().entry_type();
         let result = match etype {
             EntryType::Directory => {
-                self.directory(&name)?;
-                self.dirs.push((name.clone(), meta));
-                Ok(())
+                // A directory that cannot be made is a problem with this entry,
+                // like any other, not the end of the extraction.
+                let made = self.directory(&name);
+                if made.is_ok() {
+                    self.dirs.push((name.clone(), meta));
+                }
+                made
+            }
+            EntryType::Regular | EntryType::Continuous if meta.sparse.present() => {
+                let stored = e.size();
+                match expand_pax_sparse(e, stored, &meta.sparse) {
+                    Ok(mut data) => self.regular(&name, &mut data, &meta, true),
+                    Err(err) => Err(err),
+                }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.regular(&name, e, &meta, etype == EntryType::GNUSparse)
             }
             EntryType::Symlink => {
-                let target = e
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
+                let target = meta.linkpath.clone().unwrap_or_else(|| {
+                    e.link_name_bytes()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_default()
+                });
                 self.symlink(&name, &target, &meta)
             }
             EntryType::Link => {
-                let target = e
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
+                let target = meta.linkpath.clone().unwrap_or_else(|| {
+                    e.link_name_bytes()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_default()
+                });
                 self.hardlink(&name, &target)
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -330,7 +394,9 @@ impl Extractor {
         if name.0.is_empty() {
             bail!("a file cannot replace the target directory");
         }
-        let parent = self.parent(name).context("opening the parent directory")?;
+        let (parent, setgid) = self
+            .parent_and_setgid(name)
+            .context("opening the parent directory")?;
         let how = || {
             OpenHow::new()
                 .flags(
@@ -340,7 +406,7 @@ impl Extractor {
                         | OFlag::O_NOFOLLOW
                         | OFlag::O_CLOEXEC,
                 )
-                .mode(Mode::from_bits_truncate(0o600))
+                .mode(Mode::from_bits_truncate(meta.mode & 0o777))
                 .resolve(ResolveFlag::RESOLVE_BENEATH)
         };
         let fd = match openat2(&parent, name.base(), how()) {
@@ -374,7 +440,14 @@ impl Extractor {
             file.set_len(len)
                 .context("setting the size of a sparse file")?;
         }
-        self.finish_fd(&file, meta, &name.display());
+        if len >= EARLY_WRITEBACK {
+            // Start writing this file to disk now rather than at the final sync, so
+            // the disk works while we decompress the rest. Asynchronous; a failure
+            // only means the data goes out later.
+            let _ = crate::sys::start_writeback(&file);
+        }
+        let created_right = !setgid && (meta.uid, meta.gid) == self.ids;
+        self.finish_fd_as(&file, meta, &name.display(), created_right);
         Ok(())
     }
 
@@ -501,6 +574,16 @@ impl Extractor {
     }
 }
 
+/// Files at least this large get their writeback started as soon as they are written.
+const EARLY_WRITEBACK: u64 = 64 * 1024;
+
+/// The process umask. There is no call that only reads it: set it and put it back.
+fn current_umask() -> u32 {
+    let old = nix::sys::stat::umask(Mode::empty());
+    nix::sys::stat::umask(old);
+    old.bits()
+}
+
 /// A read error of the stream itself, as opposed to a problem with one entry.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -518,7 +601,7 @@ fn fd_file(fd: &impl AsFd) -> std::io::Result<File> {
     Ok(File::from(fd.as_fd().try_clone_to_owned()?))
 }
 
-fn entry_meta(e: &mut tar::Entry<'_, impl Read>) -> Result<Meta> {
+fn entry_meta(e: &mut tar::Entry<'_, impl Read>, pax: Option<&[u8]>) -> Result<Meta> {
     let h = e.header();
     let mut meta = Meta {
         mode: h.mode().unwrap_or(0o644),
@@ -526,8 +609,19 @@ fn entry_meta(e: &mut tar::Entry<'_, impl Read>) -> Result<Meta> {
         gid: h.gid().unwrap_or(0),
         mtime: TimeSpec::new(h.mtime().unwrap_or(0) as i64, 0),
         xattrs: Vec::new(),
+        sparse: PaxSparse::default(),
+        path: None,
+        linkpath: None,
     };
-    if let Some(exts) = e.pax_extensions().ok().flatten() {
+    if let Some(body) = pax {
+        for (key, value) in super::header::pax_records(body) {
+            match key {
+                "path" => meta.path = Some(value.to_vec()),
+                "linkpath" => meta.linkpath = Some(value.to_vec()),
+                _ => apply_pax(&mut meta, key, value),
+            }
+        }
+    } else if let Some(exts) = e.pax_extensions().ok().flatten() {
         for ext in exts.flatten() {
             let (Ok(key), value) = (ext.key(), ext.value_bytes()) else {
                 continue;
@@ -548,11 +642,342 @@ fn apply_pax(meta: &mut Meta, key: &str, value: &[u8]) {
                 meta.mtime = ts;
             }
         }
+        "GNU.sparse.name" => meta.sparse.name = Some(value.to_vec()),
+        "GNU.sparse.size" | "GNU.sparse.realsize" => {
+            meta.sparse.size = text().and_then(|t| t.parse().ok());
+        }
+        "GNU.sparse.major" => meta.sparse.map_in_data = text() == Some("1"),
+        "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
+            meta.sparse
+                .map
+                .extend(text().and_then(|t| t.parse::<u64>().ok()));
+        }
+        "GNU.sparse.map" => {
+            meta.sparse.map = text()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|n| n.parse().ok())
+                .collect();
+        }
         _ => {
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 meta.xattrs.push((name.to_string(), value.to_vec()));
             }
         }
+    }
+}
+
+/// The full content of a pax sparse member: its stored segments at their offsets,
+/// zeros in between and up to the real size.
+/// `stored` is the member's data size; the map must account for all of it.
+fn expand_pax_sparse<'a, R: Read>(
+    e: &'a mut R,
+    stored: u64,
+    sparse: &PaxSparse,
+) -> Result<SparseExpand<&'a mut R>> {
+    let mut map = sparse.map.clone();
+    let mut data = stored;
+    if sparse.map_in_data {
+        // Decimal numbers, one per line: the count, then offset and length pairs;
+        // padded with zeros to a block boundary.
+        let mut text = Vec::new();
+        let mut block = [0u8; 512];
+        let n = loop {
+            if data < 512 {
+                bail!("malformed sparse map: runs past the member's data");
+            }
+            e.read_exact(&mut block)
+                .map_err(StreamError)
+                .context("reading a sparse map")?;
+            data -= 512;
+            text.extend_from_slice(&block);
+            let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+            let complete = lines.len() - 1;
+            if complete == 0 {
+                continue;
+            }
+            let Some(n) = std::str::from_utf8(lines[0])
+                .ok()
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|&n| n <= 1 << 20)
+            else {
+                bail!("malformed sparse map: bad segment count");
+            };
+            if complete > 2 * n {
+                break n;
+            }
+        };
+        map = text
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .take(2 * n)
+            .map(|l| std::str::from_utf8(l).ok().and_then(|t| t.parse().ok()))
+            .collect::<Option<Vec<u64>>>()
+            .context("malformed sparse map")?;
+    }
+    if map.len() % 2 != 0 {
+        bail!("malformed sparse map: odd number of values");
+    }
+    if map.chunks(2).try_fold(0u64, |sum, c| sum.checked_add(c[1])) != Some(data) {
+        bail!("malformed sparse map: segments do not add up to the stored data");
+    }
+    let size = sparse.size.context("sparse member without its real size")?;
+    let mut segs: Vec<(u64, u64)> = map.chunks(2).map(|c| (c[0], c[1])).collect();
+    segs.retain(|s| s.1 > 0);
+    let mut end = 0;
+    for &(off, len) in &segs {
+        if off < end || off.checked_add(len).is_none_or(|e| e > size) {
+            bail!("malformed sparse map: segments overlap, are out of order or too long");
+        }
+        end = off + len;
+    }
+    segs.reverse();
+    Ok(SparseExpand {
+        inner: e,
+        segs,
+        pos: 0,
+        size,
+    })
+}
+
+/// Reads as the logical content of a sparse file whose segments `inner` holds.
+struct SparseExpand<R> {
+    inner: R,
+    /// Segments still to come, the next one last.
+    segs: Vec<(u64, u64)>,
+    pos: u64,
+    size: u64,
+}
+
+impl<R: Read> Read for SparseExpand<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let cap = |n: u64| usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
+        let (n, from_inner) = match self.segs.last() {
+            Some(&(off, _)) if self.pos < off => (cap(off - self.pos), false),
+            Some(&(off, len)) => (cap(off + len - self.pos), true),
+            None => (cap(self.size.saturating_sub(self.pos)), false),
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let n = if from_inner {
+            let got = self.inner.read(&mut buf[..n])?;
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got
+        } else {
+            buf[..n].fill(0);
+            n
+        };
+        self.pos += n as u64;
+        if let Some(&(off, len)) = self.segs.last() {
+            if self.pos == off + len {
+                self.segs.pop();
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Pax extended header bodies, whole, by the stream offset of the header they
+/// apply to (what `tar::Entry::raw_header_position` returns).
+///
+/// The `tar` crate (0.4.46) splits a pax body on newlines before it honours each
+/// record's length (composefs/tar-rs#452), so a value holding a 0x0a byte — a binary
+/// xattr: a capability, an ACL naming uid or gid 10 — loses that record and every
+/// one after it. [`PaxTap`] watches the stream on its way into the `tar` crate,
+/// follows the tar framing exactly as that crate does, and keeps each body for
+/// [`header::pax_records`](super::header::pax_records), which parses by length.
+type PaxBodies = Rc<std::cell::RefCell<std::collections::HashMap<u64, Vec<u8>>>>;
+
+/// What the next bytes of the tar stream are, for [`PaxTap`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// A header block (`ext`: a GNU sparse extension block of a member whose data,
+    /// `data` bytes, follows the last of them).
+    Header { ext: bool, data: u64 },
+    /// Bytes to pass over: member data and padding.
+    Skip(u64),
+    /// A pax body still `n` bytes short, then `pad` bytes of padding.
+    Pax { n: u64, pad: u64 },
+    /// Not a stream we understand any more: keep nothing, the `tar` crate decides.
+    Lost,
+}
+
+struct PaxTap<R> {
+    inner: R,
+    /// Stream offset of the next byte read.
+    pos: u64,
+    framing: Framing,
+    block: Vec<u8>,
+    body: Vec<u8>,
+    /// The last complete pax body, waiting for the member it applies to.
+    pending: Option<Vec<u8>>,
+    bodies: PaxBodies,
+}
+
+fn round_block(n: u64) -> Option<u64> {
+    n.checked_add(511).map(|n| n & !511)
+}
+
+impl<R: Read> PaxTap<R> {
+    fn new(inner: R, bodies: PaxBodies) -> PaxTap<R> {
+        PaxTap {
+            inner,
+            pos: 0,
+            framing: Framing::Header {
+                ext: false,
+                data: 0,
+            },
+            block: Vec::with_capacity(512),
+            body: Vec::new(),
+            pending: None,
+            bodies,
+        }
+    }
+
+    fn observe(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let (n, next) = match self.framing {
+                Framing::Lost => return,
+                Framing::Skip(n) => {
+                    let k = n.min(data.len() as u64);
+                    let next = if k == n {
+                        Framing::Header {
+                            ext: false,
+                            data: 0,
+                        }
+                    } else {
+                        Framing::Skip(n - k)
+                    };
+                    (k, next)
+                }
+                Framing::Pax { n, pad } => {
+                    let k = n.min(data.len() as u64);
+                    self.body.extend_from_slice(&data[..k as usize]);
+                    let next = if k < n {
+                        Framing::Pax { n: n - k, pad }
+                    } else {
+                        self.pending = Some(std::mem::take(&mut self.body));
+                        Framing::Skip(pad)
+                    };
+                    (k, next)
+                }
+                Framing::Header { ext, data: size } => {
+                    let k = (512 - self.block.len()).min(data.len());
+                    self.block.extend_from_slice(&data[..k]);
+                    let next = if self.block.len() < 512 {
+                        self.framing
+                    } else {
+                        let at = self.pos + k as u64 - 512;
+                        let next = if ext {
+                            self.after_ext(size)
+                        } else {
+                            self.header(at)
+                        };
+                        self.block.clear();
+                        next
+                    };
+                    (k as u64, next)
+                }
+            };
+            // A skip of 0 bytes is no skip.
+            self.framing = match next {
+                Framing::Skip(0) => Framing::Header {
+                    ext: false,
+                    data: 0,
+                },
+                f => f,
+            };
+            self.pos += n;
+            data = &data[n as usize..];
+        }
+    }
+
+    /// After a GNU sparse extension block.
+    fn after_ext(&self, data: u64) -> Framing {
+        if self.block[504] != 0 {
+            Framing::Header { ext: true, data }
+        } else {
+            round_block(data).map_or(Framing::Lost, Framing::Skip)
+        }
+    }
+
+    /// After the header block at stream offset `at`, as `tar::Archive` reads it.
+    fn header(&mut self, at: u64) -> Framing {
+        let h = &self.block;
+        if h.iter().all(|&b| b == 0) {
+            return Framing::Header {
+                ext: false,
+                data: 0,
+            };
+        }
+        let Ok(header) = <&[u8; 512]>::try_from(h.as_slice()) else {
+            return Framing::Lost;
+        };
+        let header = tar::Header::from_byte_slice(header);
+        let sum: u32 = h[..148]
+            .iter()
+            .chain(&[b' '; 8])
+            .chain(&h[156..])
+            .map(|&b| u32::from(b))
+            .sum();
+        let (Ok(size), Ok(cksum)) = (header.entry_size(), header.cksum()) else {
+            return Framing::Lost;
+        };
+        if cksum != sum {
+            return Framing::Lost;
+        }
+        let ty = header.entry_type();
+        if ty.is_pax_local_extensions() {
+            if self.pending.is_some() {
+                return Framing::Lost; // the tar crate refuses this
+            }
+            return match round_block(size) {
+                Some(r) if size == 0 => {
+                    self.pending = Some(Vec::new());
+                    Framing::Skip(r)
+                }
+                Some(r) => Framing::Pax {
+                    n: size,
+                    pad: r - size,
+                },
+                None => Framing::Lost,
+            };
+        }
+        if ty.is_pax_global_extensions() || ty.is_gnu_longname() || ty.is_gnu_longlink() {
+            return round_block(size).map_or(Framing::Lost, Framing::Skip);
+        }
+        // A member. Its size is found as the tar crate finds it, bugs included.
+        let mut size = size;
+        if let Some(body) = self.pending.take() {
+            for ext in tar::PaxExtensions::new(&body) {
+                let Ok(ext) = ext else { break };
+                if ext.key_bytes() == b"size" {
+                    if let Some(s) = ext.value().ok().and_then(|v| v.parse().ok()) {
+                        size = s;
+                    }
+                    break;
+                }
+            }
+            self.bodies.borrow_mut().insert(at, body);
+        }
+        if ty.is_gnu_sparse() && h[482] != 0 {
+            return Framing::Header {
+                ext: true,
+                data: size,
+            };
+        }
+        round_block(size).map_or(Framing::Lost, Framing::Skip)
+    }
+}
+
+impl<R: Read> Read for PaxTap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -596,6 +1021,11 @@ pub fn extract<R: Read + Send>(
         root,
         same_owner: opts.same_owner,
         cached: None,
+        ids: (
+            u64::from(nix::unistd::geteuid().as_raw()),
+            u64::from(nix::unistd::getegid().as_raw()),
+        ),
+        umask: current_umask(),
         dirs: Vec::new(),
         problems: Vec::new(),
         stripped_absolute: false,
@@ -604,11 +1034,13 @@ pub fn extract<R: Read + Send>(
     let (entries, stats) = lzop::decode(input, opts.threads, progress, |dec| {
         let mut entries = 0u64;
         let outcome = (|| -> Result<()> {
-            let mut ar = tar::Archive::new(&mut *dec);
+            let bodies = PaxBodies::default();
+            let mut ar = tar::Archive::new(PaxTap::new(&mut *dec, Rc::clone(&bodies)));
             for e in ar.entries().context("reading the tar stream")? {
                 let mut e = e.context("reading a tar header")?;
                 entries += 1;
-                x.entry(&mut e)?;
+                let pax = bodies.borrow_mut().remove(&e.raw_header_position());
+                x.entry(&mut e, pax.as_deref())?;
             }
             Ok(())
         })();
@@ -644,6 +1076,115 @@ mod tests {
         assert!(Name::parse(b"a/..").is_err());
         assert_eq!(Name::parse(b"a/b").unwrap().parent(), b"a");
         assert_eq!(Name::parse(b"a").unwrap().parent(), b".");
+    }
+
+    fn expanded(data: &[u8], sparse: &PaxSparse) -> Result<Vec<u8>> {
+        let mut r = data;
+        let mut out = Vec::new();
+        expand_pax_sparse(&mut r, data.len() as u64, sparse)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn gnu_pax_sparse_members_expand() {
+        // 1.0: the map leads the data, padded to a block.
+        let mut data = b"2\n3\n2\n8\n1\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"abc");
+        let v1 = PaxSparse {
+            name: Some(b"./s".to_vec()),
+            size: Some(12),
+            map: vec![],
+            map_in_data: true,
+        };
+        assert_eq!(expanded(&data, &v1).unwrap(), b"\0\0\0ab\0\0\0c\0\0\0");
+        // 0.1 and 0.0: the map is in the pax header.
+        let v0 = PaxSparse {
+            map: vec![3, 2, 8, 1, 12, 0],
+            map_in_data: false,
+            ..v1.clone()
+        };
+        assert_eq!(expanded(b"abc", &v0).unwrap(), b"\0\0\0ab\0\0\0c\0\0\0");
+        // Maps that do not fit the data, or overlap, are refused.
+        assert!(expanded(b"abcd", &v0).is_err());
+        let overlap = PaxSparse {
+            map: vec![3, 2, 4, 1],
+            ..v0.clone()
+        };
+        assert!(expanded(b"abc", &overlap).is_err());
+        let mut bad = b"x\n".to_vec();
+        bad.resize(512, 0);
+        assert!(expanded(&bad, &v1).is_err());
+    }
+
+    #[test]
+    fn pax_bodies_with_newlines_in_values_are_kept_whole() {
+        use super::super::header::{self, Entry, Kind};
+        let entry = |name: &str, kind, xattrs| Entry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 3,
+            mtime: 1,
+            mtime_nsec: 0,
+            xattrs,
+        };
+        // An ACL value ending in 0x0a, then another xattr: the tar crate loses both.
+        let xattrs = vec![
+            (
+                "system.posix_acl_access".to_string(),
+                vec![2, 0, 0, 0, 0x0a],
+            ),
+            ("user.after".to_string(), b"kept".to_vec()),
+        ];
+        let long = format!("./{}", "l".repeat(150));
+        let mut tar = Vec::new();
+        header::encode(&entry(&long, Kind::Regular, xattrs), &mut tar);
+        tar.extend_from_slice(b"abc");
+        tar.resize(tar.len() + header::padding(3), 0);
+        let mut map: Vec<(u64, u64)> = (0..30).map(|i| (i * 1024, 512)).collect();
+        map.push((40_960, 2));
+        let mut sparse = entry(
+            "./s",
+            Kind::Sparse(map),
+            vec![("user.x".into(), b"\n".to_vec())],
+        );
+        sparse.size = 40_962;
+        header::encode(&sparse, &mut tar);
+        tar.resize(tar.len() + 31 * 512, b'z');
+        header::encode(&entry("./last", Kind::Regular, vec![]), &mut tar);
+        tar.extend_from_slice(b"end");
+        tar.resize(tar.len() + header::padding(3) + 1024, 0);
+
+        let bodies = PaxBodies::default();
+        let mut ar = tar::Archive::new(PaxTap::new(tar.as_slice(), Rc::clone(&bodies)));
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let body = bodies.borrow_mut().remove(&e.raw_header_position());
+            let meta = entry_meta(&mut e, body.as_deref()).unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            seen.push((meta.path, meta.xattrs, data.len()));
+        }
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0].0.as_deref(), Some(long.as_bytes()));
+        assert_eq!(
+            seen[0].1,
+            vec![
+                (
+                    "system.posix_acl_access".to_string(),
+                    vec![2, 0, 0, 0, 0x0a]
+                ),
+                ("user.after".to_string(), b"kept".to_vec()),
+            ]
+        );
+        assert_eq!(seen[1].1, vec![("user.x".to_string(), b"\n".to_vec())]);
+        assert_eq!(seen[1].2, 40_962);
+        assert_eq!((seen[2].0.clone(), seen[2].2), (None, 3));
+        assert!(bodies.borrow().is_empty());
     }
 
     #[test]
