@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod cmd;
 pub mod lzop;
 pub mod progress;
 pub mod sys;

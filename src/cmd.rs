@@ -1,0 +1,186 @@
+//! The one place that spawns processes. Every failure names the whole command line,
+//! its exit status and what it wrote to stderr, so a log line is enough to act on.
+//!
+//! Does not own: deciding what to run (callers build a [`Cmd`] from a plan).
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::{Context, Result};
+
+/// A command failed; callers that branch on it can downcast to this.
+#[derive(Debug, thiserror::Error)]
+#[error("`{argv}` failed ({status}): {stderr}")]
+pub struct Failed {
+    pub argv: String,
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+/// A command to run, built up like `std::process::Command` but inspectable.
+#[derive(Clone, Debug, Default)]
+pub struct Cmd {
+    argv: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    dir: Option<PathBuf>,
+    stdin: Option<Vec<u8>>,
+}
+
+/// Output of a successful run.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Cmd {
+        Cmd {
+            argv: vec![program.as_ref().to_owned()],
+            ..Cmd::default()
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
+        self.argv.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.argv.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Cmd {
+        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    pub fn dir(mut self, d: impl AsRef<Path>) -> Cmd {
+        self.dir = Some(d.as_ref().to_owned());
+        self
+    }
+
+    /// Bytes to feed on standard input.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// The command line, shell-quoted enough to copy and paste.
+    pub fn display(&self) -> String {
+        self.argv
+            .iter()
+            .map(|a| {
+                let s = a.to_string_lossy();
+                if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                    s.into_owned()
+                } else {
+                    format!("'{}'", s.replace('\'', r"'\''"))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.argv[0]);
+        c.args(&self.argv[1..]);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.dir {
+            c.current_dir(d);
+        }
+        c
+    }
+
+    /// Run to completion, capturing output; a non-zero exit is a [`Failed`] error.
+    pub fn output(&self) -> Result<Output> {
+        let mut c = self.command();
+        c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().with_context(|| format!("starting `{}`", self.display()))?;
+        // Feed stdin from another thread so a chatty child cannot deadlock us.
+        let feeder = match (self.stdin.clone(), child.stdin.take()) {
+            (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || pipe.write_all(&bytes))),
+            _ => None,
+        };
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for `{}`", self.display()))?;
+        if let Some(f) = feeder {
+            // A child that exits without reading all input is judged by its status.
+            let _ = f.join();
+        }
+        if !out.status.success() {
+            return Err(Failed {
+                argv: self.display(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }
+            .into());
+        }
+        Ok(Output {
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    /// Run to completion; only success matters.
+    pub fn run(&self) -> Result<()> {
+        self.output().map(drop)
+    }
+
+    /// Run with standard streams inherited (interactive tools, a shell).
+    pub fn interactive(&self) -> Result<ExitStatus> {
+        self.command()
+            .status()
+            .with_context(|| format!("running `{}`", self.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_names_argv_status_and_stderr() {
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
+        let f = err.downcast_ref::<Failed>().unwrap();
+        assert_eq!(f.argv, "sh -c 'echo oops >&2; exit 3'");
+        assert_eq!(f.status.code(), Some(3));
+        assert_eq!(f.stderr, "oops");
+    }
+
+    #[test]
+    fn stdin_env_and_dir_reach_the_child() {
+        let out = Cmd::new("sh")
+            .args(["-c", "cat; printf %s \"$X\"; pwd"])
+            .env("X", "-y-")
+            .dir("/")
+            .stdin("in")
+            .output()
+            .unwrap();
+        assert_eq!(out.text(), "in-y-/\n");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let err = Cmd::new("/nonexistent/tool").run().unwrap_err();
+        assert!(format!("{err:#}").contains("starting `/nonexistent/tool`"));
+    }
+}
