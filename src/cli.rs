@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::archive::{self, CaptureOptions, ExtractOptions, Summary};
+use crate::initramfs;
 use crate::progress::Progress;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,46 @@ enum Command {
     /// Create, check, list and extract image archives (tar inside lzop)
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Build the recovery initramfs (our binary as /init, modules, tools)
+    #[command(subcommand)]
+    Initramfs(InitramfsCommand),
+    /// List disks, partitions, filesystems, LVM, mounts and swap, and why a disk cannot be read
+    Disks {
+        /// Print the inventory as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InitramfsCommand {
+    /// Build a compressed initramfs for a kernel from this system's tools
+    #[command(after_help = "\
+Carries the storage, filesystem and device-mapper modules with their dependencies, the
+real mke2fs/e2fsck/tune2fs/lvm with their libraries, busybox, and prints what took the
+space. SOURCE_DATE_EPOCH sets every member's mtime (default 0): the same inputs give
+the same bytes.
+
+Example:
+  understudy initramfs build --kernel-version $(uname -r) --modules /lib/modules \\
+      --init /usr/sbin/understudy --output /boot/recovery/initrd.img")]
+    Build {
+        /// Kernel release the image is for (`uname -r`)
+        #[arg(long, value_name = "VERSION")]
+        kernel_version: String,
+        /// The kernel's module directory: /lib/modules or /lib/modules/VERSION
+        #[arg(long, value_name = "DIR")]
+        modules: PathBuf,
+        /// The static program to install as /init
+        #[arg(long, value_name = "BIN")]
+        init: PathBuf,
+        /// Image to write
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +204,15 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Archive(cmd) => archive_cmd(cmd),
+        Command::Initramfs(InitramfsCommand::Build { kernel_version, modules, init, output, json }) => {
+            let spec = initramfs::Spec::new(&kernel_version, &modules, initramfs::Init::Binary(init), &output)?;
+            let report = initramfs::build(&spec)?;
+            if json { print_json(&report) } else { print!("{report}"); Ok(()) }
+        }
+        Command::Disks { json } => {
+            let inv = crate::disk::inventory(&crate::disk::Sources::system());
+            if json { print_json(&inv) } else { print!("{inv}"); Ok(()) }
+        }
     }
 }
 
@@ -220,6 +270,12 @@ fn archive_cmd(cmd: ArchiveCommand) -> Result<()> {
             progress,
             json,
         } => {
+            if json && is_stdio(&dest) {
+                anyhow::bail!(
+                    "--json needs ARCHIVE to be a file: standard output carries the archive \
+                     (use --summary PATH to keep the summary)"
+                );
+            }
             let opts = CaptureOptions {
                 excludes: exclude,
                 threads: threads.get(),
