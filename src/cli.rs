@@ -39,9 +39,38 @@ enum Command {
     /// Build the recovery initramfs (our binary as /init, modules, tools)
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
+    /// Plan how a captured disk layout fits onto a target disk
+    #[command(subcommand)]
+    Layout(LayoutCommand),
     /// List disks, partitions, filesystems, LVM, mounts and swap, and why a disk cannot be read
     Disks {
         /// Print the inventory as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LayoutCommand {
+    /// Fit a layout onto a disk of another size: print the partition plan, or why not
+    #[command(after_help = "\
+LAYOUT is a layout document (JSON, schema 1, as in an image manifest; see docs/layout.md).
+Same size and sector size: the same table. Larger: the growable partition and LV take the
+new space. Smaller: filesystems shrink down to their used bytes plus 10% and 64 MiB; if
+that does not fit, the command fails and says how large the disk must be.
+
+Example:
+  understudy layout plan layout.json --size 500G --sector 4096")]
+    Plan {
+        /// Layout document to plan from
+        layout: PathBuf,
+        /// Target disk size in bytes; K, M, G and T suffixes are powers of 1024
+        #[arg(long, value_name = "BYTES", value_parser = crate::layout::parse_size)]
+        size: crate::layout::Bytes,
+        /// Target logical sector size, 512 or 4096 [default: the layout's]
+        #[arg(long, value_name = "BYTES")]
+        sector: Option<u32>,
+        /// Print the plan (or the refusal) as JSON
         #[arg(long)]
         json: bool,
     },
@@ -72,6 +101,9 @@ Example:
         /// Image to write
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
+        /// Drop /init's debug sections (needs objcopy); function names stay
+        #[arg(long)]
+        strip_init: bool,
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
@@ -204,14 +236,25 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Archive(cmd) => archive_cmd(cmd),
-        Command::Initramfs(InitramfsCommand::Build { kernel_version, modules, init, output, json }) => {
-            let spec = initramfs::Spec::new(&kernel_version, &modules, initramfs::Init::Binary(init), &output)?;
+        Command::Initramfs(InitramfsCommand::Build { kernel_version, modules, init, output, strip_init, json }) => {
+            let mut spec = initramfs::Spec::new(&kernel_version, &modules, initramfs::Init::Binary(init), &output)?;
+            spec.strip_init = strip_init;
             let report = initramfs::build(&spec)?;
             if json { print_json(&report) } else { print!("{report}"); Ok(()) }
         }
+        Command::Layout(LayoutCommand::Plan { layout, size, sector, json }) => {
+            let report = crate::layout::plan_file(&layout, size, sector)?;
+            if json { print_json(&report)? } else { print!("{report}") }
+            report.into_result()
+        }
         Command::Disks { json } => {
             let inv = crate::disk::inventory(&crate::disk::Sources::system());
-            if json { print_json(&inv) } else { print!("{inv}"); Ok(()) }
+            if json {
+                print_json(&inv)
+            } else {
+                print!("{inv}");
+                Ok(())
+            }
         }
     }
 }

@@ -9,7 +9,15 @@
 pub mod archive;
 pub mod cli;
 pub mod cmd;
+pub mod cmdline;
+pub mod disk;
+pub mod fstab;
+pub mod initramfs;
+pub mod layout;
 pub mod lzop;
+pub mod partition;
 pub mod progress;
+pub mod remap;
+pub mod rootfs;
 pub mod sys;
 pub mod tree;

@@ -389,11 +389,21 @@ fn diff_entry(l: &Entry, r: &Entry, what: &Compare, out: &mut Vec<String>) {
 impl Inventory {
     /// Walk the tree at `root` without following symlinks (the root itself must be
     /// a directory or a symlink to one) and record every path. Crosses mount points.
+    /// File content is hashed on all cores, once per inode.
     pub fn scan(root: &Path) -> Result<Inventory> {
         let mut entries = Vec::new();
+        let mut files: Vec<(usize, PathBuf)> = Vec::new();
         let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
-        let meta = fs::metadata(root).with_context(|| format!("reading {}", root.display()))?;
-        anyhow::ensure!(meta.is_dir(), "{} is not a directory", root.display());
+        let shown = root.display();
+        let meta = fs::symlink_metadata(root).with_context(|| format!("reading {shown}"))?;
+        // A root that is a symlink is scanned as the directory it names.
+        let root = if meta.is_symlink() {
+            &fs::canonicalize(root).with_context(|| format!("resolving {shown}"))?
+        } else {
+            root
+        };
+        let meta = fs::symlink_metadata(root).with_context(|| format!("reading {shown}"))?;
+        anyhow::ensure!(meta.is_dir(), "{shown} is not a directory");
         let mut stack = vec![(root.to_path_buf(), b".".to_vec())];
         while let Some((full, rel)) = stack.pop() {
             let meta = if rel == b"." {
@@ -404,10 +414,11 @@ impl Inventory {
             };
             let entry = scan_one(&full, rel.clone(), &meta)?;
             if entry.kind != Kind::Dir {
-                inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_default()
-                    .push(entries.len());
+                let group = inodes.entry((meta.dev(), meta.ino())).or_default();
+                if group.is_empty() && entry.kind == Kind::File {
+                    files.push((entries.len(), full.clone()));
+                }
+                group.push(entries.len());
             }
             let is_dir = entry.kind == Kind::Dir;
             entries.push(entry);
@@ -425,7 +436,14 @@ impl Inventory {
                 }
             }
         }
+        for (i, hash) in hash_files(&files)? {
+            entries[i].sha256 = Some(hash);
+        }
         for group in inodes.values().filter(|g| g.len() > 1) {
+            let hash = entries[group[0]].sha256.clone();
+            for &i in group {
+                entries[i].sha256.clone_from(&hash);
+            }
             let first = group
                 .iter()
                 .map(|&i| entries[i].path.clone())
@@ -542,6 +560,37 @@ fn read_xattrs(path: &Path) -> Result<BTreeMap<String, Bytes>> {
     Ok(out)
 }
 
+/// SHA-256 of each file, on all cores: (index, hash).
+fn hash_files(files: &[(usize, PathBuf)]) -> Result<Vec<(usize, String)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, String)>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(files.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((i, path)) = files.get(k) else {
+                            return Ok(out);
+                        };
+                        out.push((*i, hash_file(path)?));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(files.len());
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
 fn hash_file(path: &Path) -> Result<String> {
     let open = |noatime: bool| {
         let mut o = fs::OpenOptions::new();
@@ -570,11 +619,7 @@ fn hash_file(path: &Path) -> Result<String> {
 
 fn scan_one(full: &PathBuf, rel: Vec<u8>, meta: &fs::Metadata) -> Result<Entry> {
     let kind = kind_of(meta.file_type());
-    let (size, sha256) = if kind == Kind::File {
-        (meta.len(), Some(hash_file(full)?))
-    } else {
-        (0, None)
-    };
+    let size = if kind == Kind::File { meta.len() } else { 0 };
     let target = if kind == Kind::Symlink {
         let t = fs::read_link(full).with_context(|| format!("reading {}", full.display()))?;
         Some(Bytes(t.as_os_str().as_bytes().to_vec()))
@@ -592,7 +637,7 @@ fn scan_one(full: &PathBuf, rel: Vec<u8>, meta: &fs::Metadata) -> Result<Entry> 
         uid: meta.uid(),
         gid: meta.gid(),
         size,
-        sha256,
+        sha256: None, // filled in by `scan`, all files at once
         target,
         rdev,
         mtime: meta.mtime(),

@@ -186,11 +186,17 @@ fn read_xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     for name in xattr::list(path)? {
         let Some(text) = name.to_str() else { continue };
         if let Some(value) = xattr::get(path, &name)? {
-            out.push((text.to_string(), value));
+            out.push((pax_xattr_name(text), value));
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// An xattr name as GNU tar writes it into a `SCHILY.xattr.` pax keyword: `%` and
+/// `=` percent-encoded, since an `=` would end the keyword (`extract` decodes).
+fn pax_xattr_name(name: &str) -> String {
+    name.replace('%', "%25").replace('=', "%3D")
 }
 
 /// The data segments of a file with holes, or `None` if it has none worth keeping.

@@ -661,7 +661,8 @@ fn apply_pax(meta: &mut Meta, key: &str, value: &[u8]) {
         }
         _ => {
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                meta.xattrs.push((name.to_string(), value.to_vec()));
+                meta.xattrs
+                    .push((xattr_name_from_pax(name), value.to_vec()));
             }
         }
     }
@@ -842,22 +843,25 @@ impl<R: Read> PaxTap<R> {
             let (n, next) = match self.framing {
                 Framing::Lost => return,
                 Framing::Skip(n) => {
-                    let k = n.min(data.len() as u64);
-                    let next = if k == n {
+                    let k = usize::try_from(n).map_or(data.len(), |n| n.min(data.len()));
+                    let next = if k as u64 == n {
                         Framing::Header {
                             ext: false,
                             data: 0,
                         }
                     } else {
-                        Framing::Skip(n - k)
+                        Framing::Skip(n - k as u64)
                     };
                     (k, next)
                 }
                 Framing::Pax { n, pad } => {
-                    let k = n.min(data.len() as u64);
-                    self.body.extend_from_slice(&data[..k as usize]);
-                    let next = if k < n {
-                        Framing::Pax { n: n - k, pad }
+                    let k = usize::try_from(n).map_or(data.len(), |n| n.min(data.len()));
+                    self.body.extend_from_slice(&data[..k]);
+                    let next = if (k as u64) < n {
+                        Framing::Pax {
+                            n: n - k as u64,
+                            pad,
+                        }
                     } else {
                         self.pending = Some(std::mem::take(&mut self.body));
                         Framing::Skip(pad)
@@ -879,7 +883,7 @@ impl<R: Read> PaxTap<R> {
                         self.block.clear();
                         next
                     };
-                    (k as u64, next)
+                    (k, next)
                 }
             };
             // A skip of 0 bytes is no skip.
@@ -890,8 +894,8 @@ impl<R: Read> PaxTap<R> {
                 },
                 f => f,
             };
-            self.pos += n;
-            data = &data[n as usize..];
+            self.pos += n as u64;
+            data = &data[n..];
         }
     }
 
@@ -979,6 +983,28 @@ impl<R: Read> Read for PaxTap<R> {
         self.observe(&buf[..n]);
         Ok(n)
     }
+}
+
+/// An xattr name from a `SCHILY.xattr.` keyword, decoded as GNU tar does: `%3D` is
+/// `=` and `%25` is `%` (GNU tar encodes both so an `=` cannot end the keyword).
+fn xattr_name_from_pax(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (c, skip) = if tail.starts_with("%3D") {
+            ('=', 3)
+        } else if tail.starts_with("%25") {
+            ('%', 3)
+        } else {
+            ('%', 1)
+        };
+        out.push(c);
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// "1700000000.5" or "-1.25" to a timespec.
@@ -1185,6 +1211,17 @@ mod tests {
         assert_eq!(seen[1].2, 40_962);
         assert_eq!((seen[2].0.clone(), seen[2].2), (None, 3));
         assert!(bodies.borrow().is_empty());
+    }
+
+    #[test]
+    fn xattr_names_decode_like_gnu_tar() {
+        assert_eq!(xattr_name_from_pax("user.a%3Db"), "user.a=b");
+        assert_eq!(xattr_name_from_pax("user.p%2541%"), "user.p%41%");
+        assert_eq!(xattr_name_from_pax("user.%%3D%3d"), "user.%=%3d");
+        assert_eq!(
+            xattr_name_from_pax("security.capability"),
+            "security.capability"
+        );
     }
 
     #[test]
