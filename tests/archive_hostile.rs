@@ -719,6 +719,51 @@ fn sparse_bomb_is_read_in_bounded_time() {
         );
         assert_eq!(r.code, 0, "{cmd}\n{}", r.text());
     }
+    // Extraction seeks over the hole instead of writing 1 PiB of zeros: it ends
+    // quickly either way, with a sparse file or a clean "file too large" problem,
+    // and the member after it is still extracted.
+    let target = scratch.join("target");
+    let r = common::understudy_in(
+        &scratch.path,
+        [
+            "archive".as_ref(),
+            "extract".as_ref(),
+            a.as_os_str(),
+            target.as_os_str(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(r.code == 0 || r.code == 2, "{}", r.text());
+    assert_eq!(std::fs::read(target.join("after")).unwrap(), b"after");
+    if r.code == 2 {
+        assert!(r.stderr.contains("bomb"), "{}", r.text());
+        assert!(
+            !target.join("bomb").exists(),
+            "a half-written sparse file was left"
+        );
+    }
+}
+
+#[test]
+fn pax_sparse_bomb_extracts_in_bounded_time() {
+    // GNU tar's pax sparse 1.0 with a 1 PiB real size and an empty map.
+    let pax = pax_header(&[
+        ("GNU.sparse.major", b"1"),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.name", b"bomb"),
+        ("GNU.sparse.realsize", b"1125899906842624"),
+    ]);
+    let mut map = b"0\n".to_vec();
+    map.resize(512, 0);
+    let tar = Tar::new()
+        .raw(&pax)
+        .file("GNUSparseFile.0/bomb", 0o644, &map)
+        .file("after", 0o644, b"after")
+        .finish();
+    let o = hostile("pax-sparse-bomb", &tar, nothing);
+    let r = &o.extract;
+    assert!(r.code == 0 || r.code == 2, "{}", r.text());
+    assert_eq!(std::fs::read(o.target.join("after")).unwrap(), b"after");
 }
 
 // Keep `set_checksum` exercised here too: a header whose checksum is fixed up after

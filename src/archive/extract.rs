@@ -318,8 +318,9 @@ impl Extractor {
                     Err(err) => Err(err),
                 }
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.regular(&name, e, &meta, etype == EntryType::GNUSparse)
+            EntryType::GNUSparse => self.gnu_sparse(&name, e, &meta),
+            EntryType::Regular | EntryType::Continuous => {
+                self.regular(&name, &mut Plain(e), &meta, false)
             }
             EntryType::Symlink => {
                 let target = meta.linkpath.clone().unwrap_or_else(|| {
@@ -390,7 +391,45 @@ impl Extractor {
         }
     }
 
-    fn regular(&mut self, name: &Name, e: &mut impl Read, meta: &Meta, sparse: bool) -> Result<()> {
+    /// An old GNU sparse member. The `tar` crate hides its map and yields holes as
+    /// zeros, which for a hostile 1 PiB member would never end; its own `unpack`
+    /// seeks over them instead. It creates the file with `O_CREAT|O_EXCL` (never
+    /// following a symlink) under our already resolved parent, through that
+    /// directory's `/proc/self/fd` path; metadata is then set through our handle.
+    fn gnu_sparse(
+        &mut self,
+        name: &Name,
+        e: &mut tar::Entry<'_, impl Read>,
+        meta: &Meta,
+    ) -> Result<()> {
+        if name.0.is_empty() {
+            bail!("a file cannot replace the target directory");
+        }
+        let parent = self.parent(name).context("opening the parent directory")?;
+        self.clear(&parent, name.base())?;
+        e.set_preserve_permissions(false);
+        e.set_preserve_mtime(false);
+        e.set_unpack_xattrs(false);
+        if let Err(err) = e.unpack(proc_path(&parent, name.base())) {
+            // Whatever was created is incomplete: do not leave it looking whole.
+            let _ = unlinkat(&*parent, name.base(), UnlinkatFlags::NoRemoveDir);
+            return Err(err).context("writing the sparse file");
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH);
+        let fd = openat2(&parent, name.base(), how).context("reopening the sparse file")?;
+        self.finish_fd(&fd, meta, &name.display());
+        Ok(())
+    }
+
+    fn regular(
+        &mut self,
+        name: &Name,
+        e: &mut impl Content,
+        meta: &Meta,
+        sparse: bool,
+    ) -> Result<()> {
         if name.0.is_empty() {
             bail!("a file cannot replace the target directory");
         }
@@ -420,6 +459,15 @@ impl Extractor {
         let mut file = File::from(fd);
         let mut len = 0u64;
         loop {
+            let hole = e.hole();
+            if hole > 0 {
+                let step = i64::try_from(hole).context("hole too large")?;
+                file.seek(SeekFrom::Current(step))
+                    .context("seeking over a hole")?;
+                e.skip(hole);
+                len = len.checked_add(hole).context("file too large")?;
+                continue;
+            }
             let n = match e.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -742,6 +790,41 @@ fn expand_pax_sparse<'a, R: Read>(
 }
 
 /// Reads as the logical content of a sparse file whose segments `inner` holds.
+/// A member's content: bytes, and where known, holes to seek over instead of
+/// reading zeros.
+trait Content: Read {
+    /// Bytes of hole at the current position; 0 when data or the end comes next.
+    fn hole(&self) -> u64 {
+        0
+    }
+    /// Step over `n` bytes of hole.
+    fn skip(&mut self, _n: u64) {}
+}
+
+/// Content with no known holes.
+struct Plain<'a, R>(&'a mut R);
+
+impl<R: Read> Read for Plain<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Content for Plain<'_, R> {}
+
+impl<R: Read> Content for SparseExpand<R> {
+    fn hole(&self) -> u64 {
+        match self.segs.last() {
+            Some(&(off, _)) => off.saturating_sub(self.pos),
+            None => self.size.saturating_sub(self.pos),
+        }
+    }
+
+    fn skip(&mut self, n: u64) {
+        self.pos += n;
+    }
+}
+
 struct SparseExpand<R> {
     inner: R,
     /// Segments still to come, the next one last.
