@@ -132,8 +132,38 @@ struct Report {
     capture: Operation,
     capture_size: Sizes,
     extract: Operation,
+    memory: Memory,
     /// All targets that could be measured were met.
     all_met: Option<bool>,
+}
+
+/// Peak resident set of our binary, from `/usr/bin/time`.
+#[derive(Serialize)]
+struct Memory {
+    create_peak_kib: Option<u64>,
+    extract_peak_kib: Option<u64>,
+    target_kib: u64,
+    met: Option<bool>,
+}
+
+const RSS_TARGET_KIB: u64 = 64 * 1024;
+
+/// Run `cmd` under GNU time and return its maximum resident set size in KiB.
+fn peak_rss_kib(dir: &Path, cmd: Cmd) -> Result<u64> {
+    let out = dir.join("rss.txt");
+    Cmd::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .args(cmd.argv())
+        .output()?;
+    let text = fs::read_to_string(&out)?;
+    text.trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no peak RSS in {}: {text:?}", out.display()))
 }
 
 #[derive(Serialize)]
@@ -329,7 +359,50 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     let extract = Operation::new(ours_ex, theirs_ex, limit_ex, EXTRACT_TIME_TARGET);
 
-    let mets = [capture.met, capture_size.met, extract.met];
+    // Peak memory, measured once each outside the timed runs: the archive engine
+    // promises a resident set under 64 MiB however large the archive.
+    let memory = match &ours_bin {
+        Ok(bin) => {
+            let rss_dir = dir.join("rss");
+            let _ = fs::remove_dir_all(&rss_dir);
+            let create = peak_rss_kib(
+                &dir,
+                Cmd::new(bin)
+                    .arg("archive")
+                    .arg("create")
+                    .arg(&corpus)
+                    .arg(dir.join("rss.tar.lzo")),
+            );
+            let extract = peak_rss_kib(
+                &dir,
+                Cmd::new(bin)
+                    .arg("archive")
+                    .arg("extract")
+                    .arg(dir.join("rss.tar.lzo"))
+                    .arg(&rss_dir),
+            );
+            remove_archive(&dir.join("rss.tar.lzo"));
+            let _ = fs::remove_dir_all(&rss_dir);
+            let (create, extract) = (create.ok(), extract.ok());
+            Memory {
+                met: match (create, extract) {
+                    (Some(c), Some(e)) => Some(c.max(e) < RSS_TARGET_KIB),
+                    _ => None,
+                },
+                create_peak_kib: create,
+                extract_peak_kib: extract,
+                target_kib: RSS_TARGET_KIB,
+            }
+        }
+        Err(_) => Memory {
+            create_peak_kib: None,
+            extract_peak_kib: None,
+            target_kib: RSS_TARGET_KIB,
+            met: None,
+        },
+    };
+
+    let mets = [capture.met, capture_size.met, extract.met, memory.met];
     let all_met = if mets.iter().any(Option::is_none) {
         None
     } else {
@@ -360,6 +433,7 @@ pub fn main(args: &[String]) -> Result<()> {
         capture,
         capture_size,
         extract,
+        memory,
         all_met,
     };
 
@@ -674,6 +748,15 @@ fn print_table(r: &Report) {
             println!("{what} skipped: {first}");
         }
     }
+    let mib =
+        |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "\npeak RSS (ours): create {}, extract {}; target < {} MiB: {}",
+        mib(r.memory.create_peak_kib),
+        mib(r.memory.extract_peak_kib),
+        r.memory.target_kib / 1024,
+        met(r.memory.met)
+    );
 }
 
 #[cfg(test)]

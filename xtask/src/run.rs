@@ -37,6 +37,11 @@ impl Cmd {
         Cmd::new("bash").args(["-o", "pipefail", "-c", script])
     }
 
+    /// The program and its arguments.
+    pub fn argv(&self) -> &[OsString] {
+        &self.argv
+    }
+
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
         self.argv.push(a.as_ref().to_owned());
         self
@@ -166,6 +171,23 @@ impl Cmd {
             );
         }
         Ok(())
+    }
+
+    /// Starts without waiting (for long-lived children such as QEMU), with
+    /// stdin closed and stdout and stderr appended to `log`; the caller owns
+    /// the child and must kill and reap it.
+    pub fn spawn_logged(&self, log: &Path) -> Result<std::process::Child> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| anyhow::anyhow!("cannot open log {}: {e}", log.display()))?;
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start `{self}`: {e}"))
     }
 
     /// Runs capturing stdout (returned) and stderr (put into the error).
