@@ -236,15 +236,41 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Archive(cmd) => archive_cmd(cmd),
-        Command::Initramfs(InitramfsCommand::Build { kernel_version, modules, init, output, strip_init, json }) => {
-            let mut spec = initramfs::Spec::new(&kernel_version, &modules, initramfs::Init::Binary(init), &output)?;
+        Command::Initramfs(InitramfsCommand::Build {
+            kernel_version,
+            modules,
+            init,
+            output,
+            strip_init,
+            json,
+        }) => {
+            let mut spec = initramfs::Spec::new(
+                &kernel_version,
+                &modules,
+                initramfs::Init::Binary(init),
+                &output,
+            )?;
             spec.strip_init = strip_init;
             let report = initramfs::build(&spec)?;
-            if json { print_json(&report) } else { print!("{report}"); Ok(()) }
+            if json {
+                print_json(&report)
+            } else {
+                print!("{report}");
+                Ok(())
+            }
         }
-        Command::Layout(LayoutCommand::Plan { layout, size, sector, json }) => {
+        Command::Layout(LayoutCommand::Plan {
+            layout,
+            size,
+            sector,
+            json,
+        }) => {
             let report = crate::layout::plan_file(&layout, size, sector)?;
-            if json { print_json(&report)? } else { print!("{report}") }
+            if json {
+                print_json(&report)?
+            } else {
+                print!("{report}")
+            }
             report.into_result()
         }
         Command::Disks { json } => {

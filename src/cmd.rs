@@ -59,12 +59,14 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.argv.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Cmd {
-        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -85,7 +87,10 @@ impl Cmd {
             .iter()
             .map(|a| {
                 let s = a.to_string_lossy();
-                if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                if !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+                {
                     s.into_owned()
                 } else {
                     format!("'{}'", s.replace('\'', r"'\''"))
@@ -110,13 +115,21 @@ impl Cmd {
     /// Run to completion, capturing output; a non-zero exit is a [`Failed`] error.
     pub fn output(&self) -> Result<Output> {
         let mut c = self.command();
-        c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().with_context(|| format!("starting `{}`", self.display()))?;
+        c.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("starting `{}`", self.display()))?;
         // Feed stdin from another thread so a chatty child cannot deadlock us.
         let feeder = match (self.stdin.clone(), child.stdin.take()) {
-            (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || pipe.write_all(&bytes))),
+            (Some(bytes), Some(mut pipe)) => {
+                Some(std::thread::spawn(move || pipe.write_all(&bytes)))
+            }
             _ => None,
         };
         let out = child
@@ -159,7 +172,10 @@ mod tests {
 
     #[test]
     fn failure_names_argv_status_and_stderr() {
-        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .run()
+            .unwrap_err();
         let f = err.downcast_ref::<Failed>().unwrap();
         assert_eq!(f.argv, "sh -c 'echo oops >&2; exit 3'");
         assert_eq!(f.status.code(), Some(3));

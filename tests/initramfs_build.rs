@@ -359,3 +359,31 @@ fn a_busybox_script_can_be_init_and_a_missing_required_tool_fails_the_build() {
     assert!(format!("{:#}", initramfs::build(&s).unwrap_err()).contains("dynamically linked"));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_stripped_init_is_smaller_and_still_runs() {
+    let dir = scratch("strip");
+    let mut s = spec(&dir.join("stripped.img"));
+    s.strip_init = true;
+    let report = initramfs::build(&s).unwrap();
+    let full = fs::metadata(env!("CARGO_BIN_EXE_understudy"))
+        .unwrap()
+        .len();
+    let init = report
+        .categories
+        .iter()
+        .find(|c| c.category == Category::Init)
+        .unwrap();
+    assert!(init.bytes * 2 < full, "{} of {full} bytes", init.bytes);
+    assert!(!dir.join("stripped.img.init-stripped").exists());
+    let root = dir.join("root");
+    fs::create_dir_all(&root).unwrap();
+    unpack(&dir.join("stripped.img"), &root);
+    let out = Cmd::new("chroot")
+        .arg(&root)
+        .args(["/init", "--version"])
+        .output()
+        .unwrap();
+    assert!(out.text().starts_with("understudy "), "{out:?}");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,10 +10,7 @@ use understudy::cmd::Cmd;
 use understudy::initramfs::cpio::{Header, Node, Writer};
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "understudy-cpio-{name}-{}",
-        std::process::id()
-    ));
+    let d = std::env::temp_dir().join(format!("understudy-cpio-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     d
@@ -33,10 +30,20 @@ fn header(name: &str, node: Node, perm: u32, size: usize) -> Header {
 fn gnu_cpio_lists_and_extracts_what_we_write() {
     let long = format!("d/{}", "n".repeat(200));
     let mut files: Vec<(String, Vec<u8>)> = (0..9)
-        .map(|n| (format!("d/len{n}"), vec![b'a' + u8::try_from(n).unwrap(); n]))
+        .map(|n| {
+            (
+                format!("d/len{n}"),
+                vec![b'a' + u8::try_from(n).unwrap(); n],
+            )
+        })
         .collect();
     files.push((long.clone(), b"long name".to_vec()));
-    files.push(("d/big".into(), (0..100_003u32).map(|i| u8::try_from(i % 251).unwrap()).collect()));
+    files.push((
+        "d/big".into(),
+        (0..100_003u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect(),
+    ));
 
     let mut w = Writer::new(Vec::new());
     w.append(&header("d", Node::Dir, 0o750, 0), b"").unwrap();
@@ -70,7 +77,10 @@ fn gnu_cpio_lists_and_extracts_what_we_write() {
     assert!(listing.contains("d/link -> len3"), "{listing}");
     assert!(listing.contains(&long), "{listing}");
     // 2001-09-09, the mtime given.
-    assert!(lines.iter().all(|l| l.contains("Sep  9  2001")), "{listing}");
+    assert!(
+        lines.iter().all(|l| l.contains("Sep  9  2001")),
+        "{listing}"
+    );
 
     // Extract everything but the device node (making it needs CAP_MKNOD, and that
     // is the kernel's unpacker's business).
@@ -98,7 +108,8 @@ fn gnu_cpio_lists_and_extracts_what_we_write() {
 fn each_member_gets_its_own_inode_so_nothing_reads_as_a_hardlink() {
     let mut w = Writer::new(Vec::new());
     for name in ["a", "b", "c"] {
-        w.append(&header(name, Node::File, 0o644, 3), b"xyz").unwrap();
+        w.append(&header(name, Node::File, 0o644, 3), b"xyz")
+            .unwrap();
     }
     let (archive, _) = w.finish().unwrap();
     // GNU cpio would link members sharing an inode (with nlink > 1) on extraction.
@@ -119,7 +130,11 @@ fn each_member_gets_its_own_inode_so_nothing_reads_as_a_hardlink() {
     );
     fs::remove_dir_all(&dir).unwrap();
     // The header's ino fields are 1, 2, 3 in write order.
-    let ino_at = |offset: usize| std::str::from_utf8(&archive[offset + 6..offset + 14]).unwrap().to_string();
+    let ino_at = |offset: usize| {
+        std::str::from_utf8(&archive[offset + 6..offset + 14])
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(ino_at(0), "00000001");
     // 110 + "a\0" padded to 112, + 3 data + 1 padding = 116.
     assert_eq!(ino_at(116), "00000002");

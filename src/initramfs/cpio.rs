@@ -17,7 +17,10 @@ pub enum Node {
     Symlink,
     /// A character device (`/dev/console` must exist before `/init` runs, or init
     /// starts with no standard streams).
-    CharDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// One member's header fields; the data (file contents or link target) is passed
@@ -124,11 +127,22 @@ impl<W: Write> Writer<W> {
 
     /// Writes a member, streaming exactly `h.size_bytes` bytes of data from `data`.
     pub fn append_from(&mut self, h: &Header, data: &mut dyn io::Read) -> Result<()> {
-        if h.name.is_empty() || h.name.starts_with('/') || h.name.contains('\0') || h.name.len() > 4095 {
-            bail!("bad cpio member name {:?}: must be relative, non-empty and shorter than PATH_MAX", h.name);
+        if h.name.is_empty()
+            || h.name.starts_with('/')
+            || h.name.contains('\0')
+            || h.name.len() > 4095
+        {
+            bail!(
+                "bad cpio member name {:?}: must be relative, non-empty and shorter than PATH_MAX",
+                h.name
+            );
         }
         if matches!(h.node, Node::Dir | Node::CharDev { .. }) && h.size_bytes != 0 {
-            bail!("cpio member {} of type {:?} cannot carry data", h.name, h.node);
+            bail!(
+                "cpio member {} of type {:?} cannot carry data",
+                h.name,
+                h.node
+            );
         }
         let ino = self.next_ino;
         self.next_ino = ino.checked_add(1).context("more than 2^32 cpio members")?;
@@ -190,9 +204,8 @@ mod tests {
         assert_eq!(
             text,
             concat!(
-                "070701", "0000002A", "0000A1FF", "00000000", "00000000", "00000001",
-                "05F5E100", "00000007", "00000000", "00000000", "00000000", "00000000",
-                "0000000B", "00000000"
+                "070701", "0000002A", "0000A1FF", "00000000", "00000000", "00000001", "05F5E100",
+                "00000007", "00000000", "00000000", "00000000", "00000000", "0000000B", "00000000"
             )
         );
         // 110 + "usr/bin/sh\0" (11) = 121, padded to 124.
@@ -203,20 +216,36 @@ mod tests {
 
     #[test]
     fn device_numbers_go_in_rdev_and_dirs_have_two_links() {
-        let b = encode_header(&header("dev/console", Node::CharDev { major: 5, minor: 1 }, 0o600, 0), 3);
-        let field = |i: usize| std::str::from_utf8(&b[6 + 8 * i..6 + 8 * (i + 1)]).unwrap().to_string();
+        let b = encode_header(
+            &header(
+                "dev/console",
+                Node::CharDev { major: 5, minor: 1 },
+                0o600,
+                0,
+            ),
+            3,
+        );
+        let field = |i: usize| {
+            std::str::from_utf8(&b[6 + 8 * i..6 + 8 * (i + 1)])
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(field(1), "00002180");
         assert_eq!(field(9), "00000005");
         assert_eq!(field(10), "00000001");
         let d = encode_header(&header("etc", Node::Dir, 0o755, 0), 4);
-        assert_eq!(std::str::from_utf8(&d[6 + 8 * 4..6 + 8 * 5]).unwrap(), "00000002");
+        assert_eq!(
+            std::str::from_utf8(&d[6 + 8 * 4..6 + 8 * 5]).unwrap(),
+            "00000002"
+        );
         assert_eq!(std::str::from_utf8(&d[6 + 8..6 + 16]).unwrap(), "000041ED");
     }
 
     #[test]
     fn data_is_padded_and_the_archive_ends_with_the_trailer() {
         let mut w = Writer::new(Vec::new());
-        w.append(&header("a", Node::File, 0o644, 5), b"hello").unwrap();
+        w.append(&header("a", Node::File, 0o644, 5), b"hello")
+            .unwrap();
         let before_trailer = w.written_bytes();
         let (out, len) = w.finish().unwrap();
         // 110 + "a\0" = 112 (aligned), 5 data bytes + 3 padding = 120.
@@ -229,9 +258,8 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&trailer[6..110]).unwrap(),
             concat!(
-                "00000000", "00000000", "00000000", "00000000", "00000001", "00000000",
-                "00000000", "00000000", "00000000", "00000000", "00000000", "0000000B",
-                "00000000"
+                "00000000", "00000000", "00000000", "00000000", "00000001", "00000000", "00000000",
+                "00000000", "00000000", "00000000", "00000000", "0000000B", "00000000"
             )
         );
         assert_eq!(&trailer[110..121], b"TRAILER!!!\0");
@@ -241,9 +269,17 @@ mod tests {
     #[test]
     fn short_data_and_bad_names_are_refused() {
         let mut w = Writer::new(Vec::new());
-        let err = w.append(&header("f", Node::File, 0o644, 9), b"short").unwrap_err();
-        assert!(format!("{err:#}").contains("expected 9 bytes, read 5"), "{err:#}");
-        assert!(w.append(&header("/abs", Node::File, 0o644, 0), b"").is_err());
+        let err = w
+            .append(&header("f", Node::File, 0o644, 9), b"short")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("expected 9 bytes, read 5"),
+            "{err:#}"
+        );
+        assert!(
+            w.append(&header("/abs", Node::File, 0o644, 0), b"")
+                .is_err()
+        );
         assert!(w.append(&header("d", Node::Dir, 0o755, 1), b"x").is_err());
     }
 }

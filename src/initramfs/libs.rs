@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use goblin::elf::Elf;
-use goblin::elf::header::{EM_X86_64, ELFCLASS64};
+use goblin::elf::header::{ELFCLASS64, EM_X86_64};
 
 /// Where glibc's loader looks when there is no cache, in its order, for x86-64 Debian.
 pub const SEARCH_DIRS: &[&str] = &[
@@ -43,7 +43,11 @@ pub fn parse(bytes: &[u8]) -> Result<Needs> {
     let elf = Elf::parse(bytes).context("parsing the ELF file")?;
     let mut search: Vec<String> = Vec::new();
     for list in elf.runpaths.iter().chain(elf.rpaths.iter()) {
-        search.extend(list.split(':').filter(|d| !d.is_empty()).map(str::to_string));
+        search.extend(
+            list.split(':')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string),
+        );
     }
     Ok(Needs {
         interpreter: elf.interpreter.map(str::to_string),
@@ -71,13 +75,21 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// Finds `name` for an object living in `origin_dir`: a name with `/` is a path,
 /// otherwise the object's own search path, then [`SEARCH_DIRS`]. Returns the path
 /// the loader would open and its bytes, or `None` when nothing fits.
-fn find(root: &Path, name: &str, extra: &[String], origin_dir: &str) -> Result<Option<(String, Vec<u8>)>> {
+fn find(
+    root: &Path,
+    name: &str,
+    extra: &[String],
+    origin_dir: &str,
+) -> Result<Option<(String, Vec<u8>)>> {
     let candidates: Vec<String> = if name.contains('/') {
         vec![name.to_string()]
     } else {
         extra
             .iter()
-            .map(|d| d.replace("$ORIGIN", origin_dir).replace("${ORIGIN}", origin_dir))
+            .map(|d| {
+                d.replace("$ORIGIN", origin_dir)
+                    .replace("${ORIGIN}", origin_dir)
+            })
             .chain(SEARCH_DIRS.iter().map(|d| d.to_string()))
             .map(|d| format!("{}/{name}", d.trim_end_matches('/')))
             .collect()
@@ -109,11 +121,15 @@ pub fn closure(root: &Path, programs: &[String]) -> Result<Vec<Library>> {
         queue.push_back((p.clone(), bytes));
     }
     while let Some((path, bytes)) = queue.pop_front() {
-        let needs = parse(&bytes).with_context(|| format!("reading the dynamic section of {path}"))?;
+        let needs =
+            parse(&bytes).with_context(|| format!("reading the dynamic section of {path}"))?;
         let origin = path.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
         let wanted = needs.interpreter.iter().chain(needs.needed.iter());
         for name in wanted {
-            if found.values().any(|l| l.path == *name || l.path.ends_with(&format!("/{name}"))) {
+            if found
+                .values()
+                .any(|l| l.path == *name || l.path.ends_with(&format!("/{name}")))
+            {
                 continue;
             }
             let Some((lib_path, lib_bytes)) = find(root, name, &needs.search, &origin)? else {
@@ -125,7 +141,13 @@ pub fn closure(root: &Path, programs: &[String]) -> Result<Vec<Library>> {
             };
             let source = fs::canonicalize(under(root, &lib_path))
                 .with_context(|| format!("resolving {lib_path} below {}", root.display()))?;
-            found.insert(lib_path.clone(), Library { path: lib_path.clone(), source });
+            found.insert(
+                lib_path.clone(),
+                Library {
+                    path: lib_path.clone(),
+                    source,
+                },
+            );
             queue.push_back((lib_path, lib_bytes));
         }
     }
@@ -140,9 +162,23 @@ mod tests {
     fn mke2fs_needs_ext2fs_and_libc_through_the_x86_64_loader() {
         let bytes = fs::read("/usr/sbin/mke2fs").unwrap();
         let needs = parse(&bytes).unwrap();
-        assert_eq!(needs.interpreter.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
-        for lib in ["libext2fs.so.2", "libcom_err.so.2", "libblkid.so.1", "libuuid.so.1", "libe2p.so.2", "libc.so.6"] {
-            assert!(needs.needed.iter().any(|n| n == lib), "{lib} not in {:?}", needs.needed);
+        assert_eq!(
+            needs.interpreter.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        for lib in [
+            "libext2fs.so.2",
+            "libcom_err.so.2",
+            "libblkid.so.1",
+            "libuuid.so.1",
+            "libe2p.so.2",
+            "libc.so.6",
+        ] {
+            assert!(
+                needs.needed.iter().any(|n| n == lib),
+                "{lib} not in {:?}",
+                needs.needed
+            );
         }
         assert!(needs.x86_64);
     }
@@ -150,7 +186,13 @@ mod tests {
     #[test]
     fn a_static_program_needs_nothing() {
         let needs = parse(&fs::read("/usr/bin/busybox").unwrap()).unwrap();
-        assert_eq!(needs, Needs { x86_64: true, ..Needs::default() });
+        assert_eq!(
+            needs,
+            Needs {
+                x86_64: true,
+                ..Needs::default()
+            }
+        );
     }
 
     #[test]
@@ -163,13 +205,27 @@ mod tests {
         let libs = closure(Path::new("/"), &["/usr/sbin/mke2fs".to_string()]).unwrap();
         let paths: Vec<&str> = libs.iter().map(|l| l.path.as_str()).collect();
         assert!(paths.contains(&"/lib64/ld-linux-x86-64.so.2"), "{paths:?}");
-        assert!(paths.contains(&"/lib/x86_64-linux-gnu/libc.so.6"), "{paths:?}");
-        assert!(paths.contains(&"/lib/x86_64-linux-gnu/libext2fs.so.2"), "{paths:?}");
+        assert!(
+            paths.contains(&"/lib/x86_64-linux-gnu/libc.so.6"),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"/lib/x86_64-linux-gnu/libext2fs.so.2"),
+            "{paths:?}"
+        );
         // Each library once, though every one of them needs libc.
-        assert_eq!(paths.iter().filter(|p| p.ends_with("/libc.so.6")).count(), 1);
+        assert_eq!(
+            paths.iter().filter(|p| p.ends_with("/libc.so.6")).count(),
+            1
+        );
         for l in &libs {
             assert!(l.source.is_absolute() && l.source.is_file(), "{l:?}");
-            assert!(!fs::symlink_metadata(&l.source).unwrap().file_type().is_symlink());
+            assert!(
+                !fs::symlink_metadata(&l.source)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
         }
     }
 

@@ -94,9 +94,18 @@ pub fn default_tools() -> Vec<Tool> {
         .map(|n| Tool::new(n, true))
         .collect();
     tools.extend(
-        ["resize2fs", "dmsetup", "blkid", "sgdisk", "mkfs.fat", "mkfs.xfs", "xfs_repair", "kexec"]
-            .iter()
-            .map(|n| Tool::new(n, false)),
+        [
+            "resize2fs",
+            "dmsetup",
+            "blkid",
+            "sgdisk",
+            "mkfs.fat",
+            "mkfs.xfs",
+            "xfs_repair",
+            "kexec",
+        ]
+        .iter()
+        .map(|n| Tool::new(n, false)),
     );
     tools
 }
@@ -116,7 +125,9 @@ pub enum Init {
 pub enum Compression {
     /// zstd at a level (Debian's kernels have `CONFIG_RD_ZSTD=y`); it unpacks faster
     /// than xz at boot for a few percent more size.
-    Zstd { level: i32 },
+    Zstd {
+        level: i32,
+    },
     None,
 }
 
@@ -136,7 +147,10 @@ pub const DEFAULT_FILES_LIST: &str = include_str!("../../initramfs/files.txt");
 const STATIC_FILES: &[(&str, &str)] = &[
     ("etc/passwd", include_str!("../../initramfs/etc/passwd")),
     ("etc/group", include_str!("../../initramfs/etc/group")),
-    ("etc/lvm/lvm.conf", include_str!("../../initramfs/etc/lvm/lvm.conf")),
+    (
+        "etc/lvm/lvm.conf",
+        include_str!("../../initramfs/etc/lvm/lvm.conf"),
+    ),
 ];
 
 /// Parses a files list: one absolute path per line, `?` before optional ones, `#`
@@ -153,7 +167,10 @@ pub fn parse_files_list(text: &str) -> Result<Vec<ExtraPath>> {
             None => (false, line),
         };
         if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            bail!("files list line {}: {path:?} must be an absolute path without `..`", i + 1);
+            bail!(
+                "files list line {}: {path:?} must be an absolute path without `..`",
+                i + 1
+            );
         }
         out.push(ExtraPath {
             path: path.to_string(),
@@ -167,10 +184,9 @@ pub fn parse_files_list(text: &str) -> Result<Vec<ExtraPath>> {
 pub fn mtime_from_env(value: Option<&str>) -> Result<u32> {
     match value {
         None => Ok(0),
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a time in seconds that fits newc's 32 bits")),
+        Some(v) => v.trim().parse::<u32>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a time in seconds that fits newc's 32 bits")
+        }),
     }
 }
 
@@ -204,7 +220,12 @@ pub struct Spec {
 impl Spec {
     /// The standard recovery image: [`DEFAULT_MODULES`], [`default_tools`], busybox,
     /// `initramfs/files.txt`, from `/`, zstd level 19, mtime from `SOURCE_DATE_EPOCH`.
-    pub fn new(kernel_version: &str, modules_dir: &Path, init: Init, output: &Path) -> Result<Spec> {
+    pub fn new(
+        kernel_version: &str,
+        modules_dir: &Path,
+        init: Init,
+        output: &Path,
+    ) -> Result<Spec> {
         Ok(Spec {
             kernel_version: kernel_version.to_string(),
             modules_dir: modules_dir.to_path_buf(),
@@ -301,13 +322,30 @@ impl fmt::Display for BuildReport {
         )?;
         writeln!(f, "uncompressed by category:")?;
         for c in &self.categories {
-            writeln!(f, "  {:>8.2} MiB  {:>5} entries  {}", mib(c.bytes), c.entries, c.category)?;
+            writeln!(
+                f,
+                "  {:>8.2} MiB  {:>5} entries  {}",
+                mib(c.bytes),
+                c.entries,
+                c.category
+            )?;
         }
         writeln!(f, "largest entries:")?;
         for e in &self.largest {
-            writeln!(f, "  {:>8.2} MiB  {}  ({:?})", mib(e.bytes), e.path, e.category)?;
+            writeln!(
+                f,
+                "  {:>8.2} MiB  {}  ({:?})",
+                mib(e.bytes),
+                e.path,
+                e.category
+            )?;
         }
-        writeln!(f, "modules ({}): {}", self.modules.len(), self.modules.join(" "))?;
+        writeln!(
+            f,
+            "modules ({}): {}",
+            self.modules.len(),
+            self.modules.join(" ")
+        )?;
         if !self.builtin.is_empty() {
             writeln!(f, "built into the kernel: {}", self.builtin.join(" "))?;
         }
@@ -394,7 +432,8 @@ impl Plan {
     }
 
     fn host_file(&mut self, path: &str, source: &Path, category: Category) -> Result<bool> {
-        let meta = fs::metadata(source).with_context(|| format!("reading the metadata of {}", source.display()))?;
+        let meta = fs::metadata(source)
+            .with_context(|| format!("reading the metadata of {}", source.display()))?;
         Ok(self.add(
             path.to_string(),
             Member {
@@ -416,7 +455,10 @@ impl Plan {
             while let Some((up, _)) = parent.rsplit_once('/') {
                 match self.members.get(up) {
                     Some(m) if m.node == Node::Dir => {}
-                    Some(m) => bail!("{p} would be below {up}, which is a {:?} in the image", m.node),
+                    Some(m) => bail!(
+                        "{p} would be below {up}, which is a {:?} in the image",
+                        m.node
+                    ),
                     None => self.dir(up, 0o755),
                 }
                 parent = up;
@@ -483,9 +525,17 @@ fn find_tool(root: &Path, name: &str) -> Result<Option<(String, PathBuf)>> {
         if host.is_file() {
             let real_dir = fs::canonicalize(root.join(dir.trim_start_matches('/')))
                 .with_context(|| format!("resolving {dir} below {}", root.display()))?;
-            let inside = real_dir.strip_prefix(root).unwrap_or(&real_dir).to_string_lossy().into_owned();
-            let source = fs::canonicalize(&host).with_context(|| format!("resolving {}", host.display()))?;
-            return Ok(Some((format!("/{}/{name}", inside.trim_start_matches('/')), source)));
+            let inside = real_dir
+                .strip_prefix(root)
+                .unwrap_or(&real_dir)
+                .to_string_lossy()
+                .into_owned();
+            let source =
+                fs::canonicalize(&host).with_context(|| format!("resolving {}", host.display()))?;
+            return Ok(Some((
+                format!("/{}/{name}", inside.trim_start_matches('/')),
+                source,
+            )));
         }
     }
     Ok(None)
@@ -498,12 +548,18 @@ fn bin_links(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for dir in BIN_DIRS {
         let host_dir = root.join(dir.trim_start_matches('/'));
-        let Ok(real) = fs::canonicalize(&host_dir) else { continue };
+        let Ok(real) = fs::canonicalize(&host_dir) else {
+            continue;
+        };
         if seen_dirs.contains(&real) {
             continue;
         }
         seen_dirs.push(real.clone());
-        let inside = real.strip_prefix(root).unwrap_or(&real).to_string_lossy().into_owned();
+        let inside = real
+            .strip_prefix(root)
+            .unwrap_or(&real)
+            .to_string_lossy()
+            .into_owned();
         for entry in fs::read_dir(&real).with_context(|| format!("listing {}", real.display()))? {
             let entry = entry.with_context(|| format!("listing {}", real.display()))?;
             if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
@@ -511,7 +567,10 @@ fn bin_links(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             }
             if let Ok(target) = fs::canonicalize(entry.path()) {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                out.push((format!("/{}/{name}", inside.trim_start_matches('/')), target));
+                out.push((
+                    format!("/{}/{name}", inside.trim_start_matches('/')),
+                    target,
+                ));
             }
         }
     }
@@ -519,9 +578,15 @@ fn bin_links(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// `bin` without its debug sections, by `objcopy --strip-debug` into a temporary file.
-fn strip_debug(bin: &Path) -> Result<Vec<u8>> {
-    let tmp = std::env::temp_dir().join(format!("understudy-init-{}", std::process::id()));
+/// `bin` without its debug sections, by `objcopy --strip-debug` into a temporary file
+/// beside `output`.
+fn strip_debug(bin: &Path, output: &Path) -> Result<Vec<u8>> {
+    let mut tmp = output.as_os_str().to_owned();
+    tmp.push(".init-stripped");
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = tmp.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let result = Cmd::new("objcopy")
         .arg("--strip-debug")
         .arg(bin)
@@ -552,14 +617,22 @@ pub fn profile(shadowed: &[(String, String)]) -> String {
 fn add_host_tree(plan: &mut Plan, root: &Path, abs: &str, top: bool) -> Result<()> {
     let host = root.join(abs.trim_start_matches('/'));
     // The listed path itself is followed if it is a link; links below it are kept.
-    let meta = if top { fs::metadata(&host) } else { fs::symlink_metadata(&host) }
-        .with_context(|| format!("reading the metadata of {}", host.display()))?;
+    let meta = if top {
+        fs::metadata(&host)
+    } else {
+        fs::symlink_metadata(&host)
+    }
+    .with_context(|| format!("reading the metadata of {}", host.display()))?;
     let path = archive_path(abs);
     if meta.file_type().is_symlink() {
-        let target = fs::read_link(&host).with_context(|| format!("reading the link {}", host.display()))?;
+        let target =
+            fs::read_link(&host).with_context(|| format!("reading the link {}", host.display()))?;
         plan.link(&path, &target.to_string_lossy(), Category::Files);
     } else if meta.is_dir() {
-        plan.dir(&path, std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
+        plan.dir(
+            &path,
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        );
         let mut names: Vec<String> = fs::read_dir(&host)
             .with_context(|| format!("listing {}", host.display()))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -567,7 +640,12 @@ fn add_host_tree(plan: &mut Plan, root: &Path, abs: &str, top: bool) -> Result<(
             .with_context(|| format!("listing {}", host.display()))?;
         names.sort();
         for n in names {
-            add_host_tree(plan, root, &format!("{}/{n}", abs.trim_end_matches('/')), false)?;
+            add_host_tree(
+                plan,
+                root,
+                &format!("{}/{n}", abs.trim_end_matches('/')),
+                false,
+            )?;
         }
     } else if meta.is_file() {
         plan.host_file(&path, &host, Category::Files)?;
@@ -578,19 +656,68 @@ fn add_host_tree(plan: &mut Plan, root: &Path, abs: &str, top: bool) -> Result<(
 /// Builds the image `spec` describes, writing it to `spec.output` (through a
 /// temporary file renamed into place), and reports what took the space.
 pub fn build(spec: &Spec) -> Result<BuildReport> {
+    let root = spec.host_root.as_path();
     let mut plan = Plan::default();
     let mut missing = Vec::new();
     add_layout(&mut plan);
-    let root = spec.host_root.as_path();
-    // Every ELF installed, as an absolute path inside the image, whose libraries
-    // must come along (from `root`; /init's from the host).
-    let mut elves: Vec<String> = Vec::new();
+    add_init(&mut plan, spec)?;
+    // The real tools before busybox, so its applets of the same names never shadow them.
+    let mut elves = add_tools(&mut plan, root, &spec.tools, &mut missing)?;
+    let shadowed = match &spec.busybox {
+        Some(busybox) => {
+            elves.push(busybox.clone());
+            add_busybox(&mut plan, root, busybox)?
+        }
+        None => Vec::new(),
+    };
+    plan.bytes(
+        "etc/profile",
+        0o644,
+        profile(&shadowed).into_bytes(),
+        Category::Files,
+    );
+    for lib in libs::closure(root, &elves)? {
+        plan.host_file(&archive_path(&lib.path), &lib.source, Category::Libraries)?;
+    }
+    let (order, builtin) = add_modules(&mut plan, spec, &mut missing)?;
+    for (path, text) in STATIC_FILES {
+        plan.bytes(path, 0o644, text.as_bytes().to_vec(), Category::Files);
+    }
+    for extra in &spec.files {
+        let host = root.join(extra.path.trim_start_matches('/'));
+        if fs::symlink_metadata(&host).is_err() {
+            if extra.optional {
+                missing.push(format!("file {}", extra.path));
+                continue;
+            }
+            bail!(
+                "{} (from the files list) is missing below {}",
+                extra.path,
+                root.display()
+            );
+        }
+        add_host_tree(&mut plan, root, &extra.path, true)?;
+    }
+    plan.add_parents()?;
+    let (compressed_bytes, cpio_bytes) = write(&plan, spec)?;
+    Ok(report(
+        &plan,
+        spec,
+        compressed_bytes,
+        cpio_bytes,
+        order,
+        builtin,
+        missing,
+    ))
+}
 
-    match &spec.init {
+/// `/init`: our static binary (optionally without debug sections), or a busybox script.
+fn add_init(plan: &mut Plan, spec: &Spec) -> Result<()> {
+    let bytes = match &spec.init {
         Init::Binary(bin) => {
             let bytes = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-            let needs =
-                libs::parse(&bytes).with_context(|| format!("reading the ELF header of {}", bin.display()))?;
+            let needs = libs::parse(&bytes)
+                .with_context(|| format!("reading the ELF header of {}", bin.display()))?;
             if needs.interpreter.is_some() {
                 bail!(
                     "{} is dynamically linked ({:?}); /init must be the static build",
@@ -598,25 +725,37 @@ pub fn build(spec: &Spec) -> Result<BuildReport> {
                     needs.needed
                 );
             }
-            let bytes = if spec.strip_init { strip_debug(bin)? } else { bytes };
-            plan.bytes("init", 0o755, bytes, Category::Init);
+            if spec.strip_init {
+                strip_debug(bin, &spec.output)?
+            } else {
+                bytes
+            }
         }
         Init::BusyboxScript(text) => {
             if spec.busybox.is_none() {
                 bail!("a busybox script as /init needs busybox in the image");
             }
-            plan.bytes("init", 0o755, text.clone().into_bytes(), Category::Init);
+            text.clone().into_bytes()
         }
-    }
+    };
+    plan.bytes("init", 0o755, bytes, Category::Init);
+    Ok(())
+}
 
-    // The real tools first, so busybox's applets of the same names never shadow them.
-    let mut tool_sources: Vec<(PathBuf, String)> = Vec::new();
-    for tool in &spec.tools {
+/// The tools found below `root`, and their other names (mkfs.ext4 -> mke2fs,
+/// lvcreate -> lvm); returns their absolute paths, whose libraries must come along.
+fn add_tools(
+    plan: &mut Plan,
+    root: &Path,
+    tools: &[Tool],
+    missing: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    for tool in tools {
         match find_tool(root, &tool.name)? {
             Some((abs, source)) => {
                 plan.host_file(&archive_path(&abs), &source, Category::Tools)?;
-                elves.push(abs.clone());
-                tool_sources.push((source, abs));
+                found.push((source, abs));
             }
             None if tool.required => bail!(
                 "required tool {} is in none of {} below {}",
@@ -627,49 +766,55 @@ pub fn build(spec: &Spec) -> Result<BuildReport> {
             None => missing.push(format!("tool {}", tool.name)),
         }
     }
-    // Their other names (mkfs.ext4 -> mke2fs, lvcreate -> lvm).
     for (link, target) in bin_links(root)? {
-        if let Some((_, abs)) = tool_sources.iter().find(|(s, _)| *s == target) {
+        if let Some((_, abs)) = found.iter().find(|(s, _)| *s == target) {
             plan.link(&archive_path(&link), abs, Category::Tools);
         }
     }
+    Ok(found.into_iter().map(|(_, abs)| abs).collect())
+}
 
-    // Applet names that a real tool in the image also has: (name, real tool).
-    let mut shadowed: Vec<(String, String)> = Vec::new();
-    if let Some(busybox) = &spec.busybox {
-        let host = root.join(busybox.trim_start_matches('/'));
-        plan.host_file(&archive_path(busybox), &host, Category::Tools)?;
-        elves.push(busybox.clone());
-        let list = Cmd::new(&host).arg("--list-full").output()?.text();
-        for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let name = applet.rsplit('/').next().unwrap_or(applet);
-            // No second init for the kernel to fall back to.
-            if name == "init" || name == "linuxrc" || name == "busybox" || name.is_empty() {
-                continue;
-            }
-            // No applet where a bin directory already has the name.
-            let taken = BIN_DIRS
-                .iter()
-                .map(|d| archive_path(&format!("{d}/{name}")))
-                .find(|p| plan.members.contains_key(p));
-            match taken {
-                Some(real) => shadowed.push((name.to_string(), format!("/{real}"))),
-                None => {
-                    plan.link(&archive_path(&format!("/{applet}")), busybox, Category::Tools);
-                }
+/// busybox and a link for each of its applets whose name no bin directory has yet;
+/// returns the applet names that a real tool has, with that tool's path.
+fn add_busybox(plan: &mut Plan, root: &Path, busybox: &str) -> Result<Vec<(String, String)>> {
+    let host = root.join(busybox.trim_start_matches('/'));
+    plan.host_file(&archive_path(busybox), &host, Category::Tools)?;
+    let mut shadowed = Vec::new();
+    let list = Cmd::new(&host).arg("--list-full").output()?.text();
+    for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = applet.rsplit('/').next().unwrap_or(applet);
+        // No second init for the kernel to fall back to.
+        if name == "init" || name == "linuxrc" || name == "busybox" || name.is_empty() {
+            continue;
+        }
+        let taken = BIN_DIRS
+            .iter()
+            .map(|d| archive_path(&format!("{d}/{name}")))
+            .find(|p| plan.members.contains_key(p));
+        match taken {
+            Some(real) => shadowed.push((name.to_string(), format!("/{real}"))),
+            None => {
+                plan.link(
+                    &archive_path(&format!("/{applet}")),
+                    busybox,
+                    Category::Tools,
+                );
             }
         }
     }
-    plan.bytes("etc/profile", 0o644, profile(&shadowed).into_bytes(), Category::Files);
+    Ok(shadowed)
+}
 
-    let libraries = libs::closure(root, &elves)?;
-    for lib in &libraries {
-        plan.host_file(&archive_path(&lib.path), &lib.source, Category::Libraries)?;
-    }
-
-    // Kernel modules, decompressed, with index files for exactly this set.
+/// The wanted modules with their (soft) dependencies, decompressed, and index files for
+/// exactly this set; returns the load order and the wanted names built into the kernel.
+fn add_modules(
+    plan: &mut Plan,
+    spec: &Spec,
+    missing: &mut Vec<String>,
+) -> Result<(Vec<String>, Vec<String>)> {
     let mod_dir = modules::version_dir(&spec.modules_dir, &spec.kernel_version);
-    let index = Index::load(&mod_dir).with_context(|| format!("reading the module index of {}", mod_dir.display()))?;
+    let index = Index::load(&mod_dir)
+        .with_context(|| format!("reading the module index of {}", mod_dir.display()))?;
     if index.modules.is_empty() {
         bail!("no kernel modules found in {}", mod_dir.display());
     }
@@ -693,44 +838,39 @@ pub fn build(spec: &Spec) -> Result<BuildReport> {
         if installed == m.path {
             plan.host_file(&dest, &source, Category::Modules)?;
         } else {
-            plan.bytes(&dest, 0o644, modules::read_module(&source)?, Category::Modules);
+            plan.bytes(
+                &dest,
+                0o644,
+                modules::read_module(&source)?,
+                Category::Modules,
+            );
         }
         m.path = installed;
     }
     for p in &mut sub.order {
         *p = modules::installed_path(p);
     }
+    let builtin_path = mod_dir.join("modules.builtin");
+    let builtin_text = match fs::read_to_string(&builtin_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", builtin_path.display())),
+    };
     for (name, text) in [
         ("modules.dep", sub.render_dep()),
         ("modules.alias", sub.render_alias()),
         ("modules.softdep", sub.render_softdep()),
         ("modules.order", sub.render_order()),
-        (
-            "modules.builtin",
-            fs::read_to_string(mod_dir.join("modules.builtin")).unwrap_or_default(),
-        ),
+        ("modules.builtin", builtin_text),
     ] {
-        plan.bytes(&format!("{image_mod_dir}/{name}"), 0o644, text.into_bytes(), Category::Files);
+        plan.bytes(
+            &format!("{image_mod_dir}/{name}"),
+            0o644,
+            text.into_bytes(),
+            Category::Files,
+        );
     }
-
-    for (path, text) in STATIC_FILES {
-        plan.bytes(path, 0o644, text.as_bytes().to_vec(), Category::Files);
-    }
-    for extra in &spec.files {
-        let host = root.join(extra.path.trim_start_matches('/'));
-        if fs::symlink_metadata(&host).is_err() {
-            if extra.optional {
-                missing.push(format!("file {}", extra.path));
-                continue;
-            }
-            bail!("{} (from the files list) is missing below {}", extra.path, root.display());
-        }
-        add_host_tree(&mut plan, root, &extra.path, true)?;
-    }
-
-    plan.add_parents()?;
-    let (compressed_bytes, cpio_bytes) = write(&plan, spec)?;
-    Ok(report(&plan, spec, compressed_bytes, cpio_bytes, order, builtin, missing))
+    Ok((order, builtin))
 }
 
 /// Writes the plan as a compressed cpio to `spec.output`; returns (file size, cpio size).
@@ -743,26 +883,41 @@ fn write(plan: &Plan, spec: &Spec) -> Result<(u64, u64)> {
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let result = (|| -> Result<u64> {
-        let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let file =
+            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         let buffered = BufWriter::with_capacity(1 << 20, file);
         let (file, cpio_bytes) = match spec.compression {
             Compression::Zstd { level } => {
-                let mut enc = zstd::stream::write::Encoder::new(buffered, level).context("starting zstd")?;
-                enc.include_checksum(true).context("asking zstd for a checksum")?;
-                let (enc, cpio_bytes) = write_members(plan, spec.mtime, cpio::Writer::new(enc))?.finish()?;
-                (enc.finish().context("finishing the zstd stream")?, cpio_bytes)
+                let mut enc =
+                    zstd::stream::write::Encoder::new(buffered, level).context("starting zstd")?;
+                enc.include_checksum(true)
+                    .context("asking zstd for a checksum")?;
+                let (enc, cpio_bytes) =
+                    write_members(plan, spec.mtime, cpio::Writer::new(enc))?.finish()?;
+                (
+                    enc.finish().context("finishing the zstd stream")?,
+                    cpio_bytes,
+                )
             }
-            Compression::None => write_members(plan, spec.mtime, cpio::Writer::new(buffered))?.finish()?,
+            Compression::None => {
+                write_members(plan, spec.mtime, cpio::Writer::new(buffered))?.finish()?
+            }
         };
-        let file = file.into_inner().map_err(|e| e.into_error()).context("flushing the image")?;
-        file.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("flushing the image")?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", partial.display()))?;
         fs::rename(&partial, out_path)
             .with_context(|| format!("renaming {} to {}", partial.display(), out_path.display()))?;
         Ok(cpio_bytes)
     })();
     match result {
         Ok(cpio_bytes) => {
-            let size = fs::metadata(out_path).with_context(|| format!("reading the size of {}", out_path.display()))?.len();
+            let size = fs::metadata(out_path)
+                .with_context(|| format!("reading the size of {}", out_path.display()))?
+                .len();
             Ok((size, cpio_bytes))
         }
         Err(e) => {
@@ -772,22 +927,28 @@ fn write(plan: &Plan, spec: &Spec) -> Result<(u64, u64)> {
     }
 }
 
-fn write_members<W: Write>(plan: &Plan, mtime: u32, mut w: cpio::Writer<W>) -> Result<cpio::Writer<W>> {
+fn write_members<W: Write>(
+    plan: &Plan,
+    mtime: u32,
+    mut w: cpio::Writer<W>,
+) -> Result<cpio::Writer<W>> {
     for (path, m) in &plan.members {
         let header = Header {
             name: path.clone(),
             node: m.node.clone(),
             perm: m.perm,
             mtime,
-            size_bytes: u32::try_from(m.size_bytes)
-                .with_context(|| format!("{path} is {} bytes; newc holds at most 4 GiB", m.size_bytes))?,
+            size_bytes: u32::try_from(m.size_bytes).with_context(|| {
+                format!("{path} is {} bytes; newc holds at most 4 GiB", m.size_bytes)
+            })?,
         };
         match &m.content {
             Content::None => w.append(&header, &[])?,
             Content::Bytes(b) => w.append(&header, b)?,
             Content::Link(t) => w.append(&header, t.as_bytes())?,
             Content::Host(src) => {
-                let mut f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+                let mut f =
+                    File::open(src).with_context(|| format!("opening {}", src.display()))?;
                 w.append_from(&header, &mut f)
                     .with_context(|| format!("archiving {} as {path}", src.display()))?;
             }
@@ -813,7 +974,11 @@ fn report(
     }
     let mut categories: Vec<CategorySize> = by_cat
         .into_iter()
-        .map(|(category, (entries, bytes))| CategorySize { category, entries, bytes })
+        .map(|(category, (entries, bytes))| CategorySize {
+            category,
+            entries,
+            bytes,
+        })
         .collect();
     categories.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.category.cmp(&b.category)));
     let mut largest: Vec<EntrySize> = plan
@@ -849,9 +1014,18 @@ mod tests {
 
     #[test]
     fn paths_fold_into_merged_usr() {
-        assert_eq!(archive_path("/lib/x86_64-linux-gnu/libc.so.6"), "usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(archive_path("/usr/lib/x86_64-linux-gnu/libc.so.6"), "usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(archive_path("/lib64/ld-linux-x86-64.so.2"), "usr/lib64/ld-linux-x86-64.so.2");
+        assert_eq!(
+            archive_path("/lib/x86_64-linux-gnu/libc.so.6"),
+            "usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(
+            archive_path("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            "usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(
+            archive_path("/lib64/ld-linux-x86-64.so.2"),
+            "usr/lib64/ld-linux-x86-64.so.2"
+        );
         assert_eq!(archive_path("/sbin/e2fsck"), "usr/sbin/e2fsck");
         assert_eq!(archive_path("/bin"), "usr/bin");
         assert_eq!(archive_path("/libexec/x"), "libexec/x");
@@ -864,8 +1038,14 @@ mod tests {
         assert_eq!(
             list,
             [
-                ExtraPath { path: "/etc/a".into(), optional: false },
-                ExtraPath { path: "/etc/b".into(), optional: true }
+                ExtraPath {
+                    path: "/etc/a".into(),
+                    optional: false
+                },
+                ExtraPath {
+                    path: "/etc/b".into(),
+                    optional: true
+                }
             ]
         );
         assert!(parse_files_list("etc/a\n").is_err());
@@ -886,13 +1066,25 @@ mod tests {
     fn parents_are_added_and_a_file_parent_is_refused() {
         let mut plan = Plan::default();
         add_layout(&mut plan);
-        plan.bytes("usr/lib/modules/v/kernel/a.ko", 0o644, vec![1], Category::Modules);
+        plan.bytes(
+            "usr/lib/modules/v/kernel/a.ko",
+            0o644,
+            vec![1],
+            Category::Modules,
+        );
         plan.add_parents().unwrap();
-        for d in ["usr/lib/modules", "usr/lib/modules/v", "usr/lib/modules/v/kernel"] {
+        for d in [
+            "usr/lib/modules",
+            "usr/lib/modules/v",
+            "usr/lib/modules/v/kernel",
+        ] {
             assert_eq!(plan.members[d].node, Node::Dir, "{d}");
         }
         plan.bytes("lib/x", 0o644, vec![1], Category::Files);
         let err = plan.add_parents().unwrap_err();
-        assert!(err.to_string().contains("lib/x would be below lib"), "{err}");
+        assert!(
+            err.to_string().contains("lib/x would be below lib"),
+            "{err}"
+        );
     }
 }

@@ -142,19 +142,31 @@ pub fn parse_dep(text: &str) -> Result<BTreeMap<String, Module>> {
 pub fn parse_alias(text: &str) -> Result<Vec<Alias>> {
     meaningful_lines(text)
         .enumerate()
-        .map(|(i, line)| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["alias", pattern, module] => Ok(Alias {
-                pattern: pattern.to_string(),
-                module: normalize(module),
-            }),
-            _ => bail!("modules.alias line {}: expected `alias PATTERN MODULE`, got {line:?}", i + 1),
-        })
+        .map(
+            |(i, line)| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["alias", pattern, module] => Ok(Alias {
+                    pattern: pattern.to_string(),
+                    module: normalize(module),
+                }),
+                _ => bail!(
+                    "modules.alias line {}: expected `alias PATTERN MODULE`, got {line:?}",
+                    i + 1
+                ),
+            },
+        )
         .collect()
 }
 
-/// Parses `modules.softdep`: `softdep MODULE pre: … post: …` per line, into
-/// (module, pre, post).
-pub fn parse_softdep(text: &str) -> Result<Vec<(String, Vec<String>, Vec<String>)>> {
+/// A `softdep MODULE pre: … post: …` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoftDep {
+    pub module: String,
+    pub pre: Vec<String>,
+    pub post: Vec<String>,
+}
+
+/// Parses `modules.softdep`: `softdep MODULE pre: … post: …` per line.
+pub fn parse_softdep(text: &str) -> Result<Vec<SoftDep>> {
     meaningful_lines(text)
         .enumerate()
         .map(|(i, line)| {
@@ -162,9 +174,16 @@ pub fn parse_softdep(text: &str) -> Result<Vec<(String, Vec<String>, Vec<String>
             match (words.next(), words.next(), words.next()) {
                 (Some("softdep"), Some(module), rest) => {
                     let (pre, post) = parse_softdep_value(rest.unwrap_or(""));
-                    Ok((normalize(module), pre, post))
+                    Ok(SoftDep {
+                        module: normalize(module),
+                        pre,
+                        post,
+                    })
                 }
-                _ => bail!("modules.softdep line {}: expected `softdep MODULE …`, got {line:?}", i + 1),
+                _ => bail!(
+                    "modules.softdep line {}: expected `softdep MODULE …`, got {line:?}",
+                    i + 1
+                ),
             }
         })
         .collect()
@@ -260,19 +279,21 @@ impl Index {
         let mut index = match read("modules.dep")? {
             Some(dep) => {
                 let mut index = Index {
-                    modules: parse_dep(&dep).with_context(|| format!("parsing {}/modules.dep", dir.display()))?,
+                    modules: parse_dep(&dep)
+                        .with_context(|| format!("parsing {}/modules.dep", dir.display()))?,
                     ..Index::default()
                 };
                 if let Some(alias) = read("modules.alias")? {
-                    index.aliases =
-                        parse_alias(&alias).with_context(|| format!("parsing {}/modules.alias", dir.display()))?;
+                    index.aliases = parse_alias(&alias)
+                        .with_context(|| format!("parsing {}/modules.alias", dir.display()))?;
                 }
                 if let Some(soft) = read("modules.softdep")? {
-                    let soft = parse_softdep(&soft).with_context(|| format!("parsing {}/modules.softdep", dir.display()))?;
-                    for (name, pre, post) in soft {
-                        if let Some(m) = index.modules.get_mut(&name) {
-                            m.softdep_pre.extend(pre);
-                            m.softdep_post.extend(post);
+                    let soft = parse_softdep(&soft)
+                        .with_context(|| format!("parsing {}/modules.softdep", dir.display()))?;
+                    for sd in soft {
+                        if let Some(m) = index.modules.get_mut(&sd.module) {
+                            m.softdep_pre.extend(sd.pre);
+                            m.softdep_post.extend(sd.post);
                         }
                     }
                 }
@@ -280,7 +301,9 @@ impl Index {
             }
             None => Index::scan(dir)?,
         };
-        index.builtin = read("modules.builtin")?.map(|t| parse_builtin(&t)).unwrap_or_default();
+        index.builtin = read("modules.builtin")?
+            .map(|t| parse_builtin(&t))
+            .unwrap_or_default();
         index.order = read("modules.order")?
             .map(|t| meaningful_lines(&t).map(str::to_string).collect())
             .unwrap_or_default();
@@ -297,12 +320,17 @@ impl Index {
         for rel in paths {
             let file = dir.join(&rel);
             let bytes = read_module(&file)?;
-            let info = parse_modinfo(&modinfo_section(&bytes).with_context(|| format!("reading the ELF sections of {}", file.display()))?);
+            let info = parse_modinfo(
+                &modinfo_section(&bytes)
+                    .with_context(|| format!("reading the ELF sections of {}", file.display()))?,
+            );
             let name = info.name.clone().unwrap_or_else(|| name_of_path(&rel));
-            index.aliases.extend(info.aliases.iter().map(|pattern| Alias {
-                pattern: pattern.clone(),
-                module: name.clone(),
-            }));
+            index
+                .aliases
+                .extend(info.aliases.iter().map(|pattern| Alias {
+                    pattern: pattern.clone(),
+                    module: name.clone(),
+                }));
             index.modules.insert(
                 name,
                 Module {
@@ -328,7 +356,10 @@ impl Index {
         }
         let mut out: Vec<String> = Vec::new();
         for a in &self.aliases {
-            if glob_match(&a.pattern, name) && self.modules.contains_key(&a.module) && !out.contains(&a.module) {
+            if glob_match(&a.pattern, name)
+                && self.modules.contains_key(&a.module)
+                && !out.contains(&a.module)
+            {
                 out.push(a.module.clone());
             }
         }
@@ -385,7 +416,12 @@ impl Index {
                 .filter(|(n, _)| keep.contains(n))
                 .map(|(n, m)| (n.clone(), m.clone()))
                 .collect(),
-            aliases: self.aliases.iter().filter(|a| keep.contains(&a.module)).cloned().collect(),
+            aliases: self
+                .aliases
+                .iter()
+                .filter(|a| keep.contains(&a.module))
+                .cloned()
+                .collect(),
             builtin: self.builtin.clone(),
             order: self
                 .order
@@ -485,12 +521,21 @@ fn collect_module_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Resul
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let path = entry.path();
-        let ty = entry.file_type().with_context(|| format!("reading the type of {}", path.display()))?;
+        let ty = entry
+            .file_type()
+            .with_context(|| format!("reading the type of {}", path.display()))?;
         if ty.is_dir() {
             collect_module_files(root, &path, out)?;
         } else if ty.is_file() {
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            if [".ko", ".ko.xz", ".ko.zst"].iter().any(|e| rel.ends_with(e)) {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            if [".ko", ".ko.xz", ".ko.zst"]
+                .iter()
+                .any(|e| rel.ends_with(e))
+            {
                 out.push(rel);
             }
         }
@@ -534,7 +579,9 @@ pub fn modinfo_section(elf: &[u8]) -> Result<Vec<u8>> {
     let parsed = goblin::elf::Elf::parse(elf).context("parsing the ELF file")?;
     for sh in &parsed.section_headers {
         if parsed.shdr_strtab.get_at(sh.sh_name) == Some(".modinfo") {
-            let range = sh.file_range().context("the .modinfo section has no file range")?;
+            let range = sh
+                .file_range()
+                .context("the .modinfo section has no file range")?;
             return elf
                 .get(range)
                 .map(<[u8]>::to_vec)
@@ -547,7 +594,11 @@ pub fn modinfo_section(elf: &[u8]) -> Result<Vec<u8>> {
 /// The directory holding `version`'s modules: `dir` itself when it already is one
 /// (has `modules.order`, `modules.dep` or `kernel/`), else `dir/version`.
 pub fn version_dir(dir: &Path, version: &str) -> PathBuf {
-    let looks_like = |d: &Path| ["modules.order", "modules.dep", "kernel"].iter().any(|f| d.join(f).exists());
+    let looks_like = |d: &Path| {
+        ["modules.order", "modules.dep", "kernel"]
+            .iter()
+            .any(|f| d.join(f).exists())
+    };
     if looks_like(dir) {
         dir.to_path_buf()
     } else {
@@ -562,7 +613,8 @@ mod tests {
     // depmod's real output for Debian's 6.1 kernel, trimmed to the recovery image's
     // modules by tests/fixtures/initramfs/capture-depmod.sh.
     const FIXTURE: &str = "tests/fixtures/initramfs/depmod-6.1.0-56-amd64";
-    const DEP: &str = include_str!("../../tests/fixtures/initramfs/depmod-6.1.0-56-amd64/modules.dep");
+    const DEP: &str =
+        include_str!("../../tests/fixtures/initramfs/depmod-6.1.0-56-amd64/modules.dep");
 
     fn index() -> Index {
         Index::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)).unwrap()
@@ -570,8 +622,14 @@ mod tests {
 
     #[test]
     fn names_fold_dashes_and_drop_compression_suffixes() {
-        assert_eq!(name_of_path("kernel/drivers/md/dm-snapshot.ko"), "dm_snapshot");
-        assert_eq!(name_of_path("kernel/drivers/usb/storage/usb-storage.ko.zst"), "usb_storage");
+        assert_eq!(
+            name_of_path("kernel/drivers/md/dm-snapshot.ko"),
+            "dm_snapshot"
+        );
+        assert_eq!(
+            name_of_path("kernel/drivers/usb/storage/usb-storage.ko.zst"),
+            "usb_storage"
+        );
         assert_eq!(name_of_path("crc32c-intel.ko.xz"), "crc32c_intel");
         assert_eq!(installed_path("kernel/a/b.ko.xz"), "kernel/a/b.ko");
         assert_eq!(installed_path("kernel/a/b.ko"), "kernel/a/b.ko");
@@ -627,7 +685,10 @@ mod tests {
         assert_eq!(index.resolve("crc32c"), ["crc32c_intel", "crc32c_generic"]);
         assert_eq!(index.resolve("fs-ext4"), ["ext4"]);
         assert_eq!(index.resolve("usb-storage"), ["usb_storage"]);
-        assert_eq!(index.load_order(&["8250", "virtio_blk"]), ["virtio_ring", "virtio", "virtio_blk"]);
+        assert_eq!(
+            index.load_order(&["8250", "virtio_blk"]),
+            ["virtio_ring", "virtio", "virtio_blk"]
+        );
     }
 
     #[test]
@@ -663,7 +724,10 @@ mod tests {
         );
         // An AHCI controller matches by class; an NVMe drive too.
         assert_eq!(
-            modules_for_modaliases(&["pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"], &index),
+            modules_for_modaliases(
+                &["pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"],
+                &index
+            ),
             ["scsi_common", "scsi_mod", "libata", "libahci", "ahci"]
         );
         let none: [&str; 0] = [];
@@ -673,8 +737,14 @@ mod tests {
     #[test]
     fn glob_handles_stars_classes_and_literals() {
         let pat = "pci:v00001AF4d00001001sv*sd*bc*sc*i*";
-        assert!(glob_match(pat, "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"));
-        assert!(!glob_match(pat, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"));
+        assert!(glob_match(
+            pat,
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"
+        ));
+        assert!(!glob_match(
+            pat,
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+        ));
         assert!(glob_match("usb:v0BC2p2300d[0-1]*", "usb:v0BC2p2300d0100"));
         assert!(!glob_match("usb:v0BC2p2300d[0-1]*", "usb:v0BC2p2300d2100"));
         assert!(glob_match("x[!a-c]y", "xdy"));
@@ -697,12 +767,20 @@ mod tests {
         let index = index();
         let rendered = index.render_dep();
         for line in DEP.lines() {
-            assert!(rendered.lines().any(|l| l == line), "{line:?} not rendered as depmod wrote it");
+            assert!(
+                rendered.lines().any(|l| l == line),
+                "{line:?} not rendered as depmod wrote it"
+            );
         }
         assert_eq!(rendered.lines().count(), DEP.lines().count());
         assert_eq!(parse_alias(&index.render_alias()).unwrap(), index.aliases);
         let soft = parse_softdep(&index.render_softdep()).unwrap();
-        assert!(soft.contains(&("ext4".to_string(), vec!["crypto-crc32c".to_string()], vec![])), "{soft:?}");
+        let ext4 = SoftDep {
+            module: "ext4".into(),
+            pre: vec!["crypto-crc32c".into()],
+            post: vec![],
+        };
+        assert!(soft.contains(&ext4), "{soft:?}");
         assert_eq!(soft.len(), 5);
     }
 
@@ -711,7 +789,13 @@ mod tests {
         let index = index();
         let sub = index.subset(&["virtio_blk".to_string()]);
         assert_eq!(sub.modules.keys().collect::<Vec<_>>(), ["virtio_blk"]);
-        assert_eq!(sub.aliases, [Alias { pattern: "virtio:d00000002v*".into(), module: "virtio_blk".into() }]);
+        assert_eq!(
+            sub.aliases,
+            [Alias {
+                pattern: "virtio:d00000002v*".into(),
+                module: "virtio_blk".into()
+            }]
+        );
         assert_eq!(sub.builtin, index.builtin);
     }
 
@@ -724,7 +808,10 @@ mod tests {
         assert_eq!(info.aliases, ["fs-ext4", "ext3"]);
         assert_eq!(info.softdep_pre, ["crc32c"]);
         assert!(info.softdep_post.is_empty());
-        assert_eq!(parse_modinfo(b"depends=\0name=crc16\0").depends, Vec::<String>::new());
+        assert_eq!(
+            parse_modinfo(b"depends=\0name=crc16\0").depends,
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -3,8 +3,12 @@
 mod bench;
 mod corpus;
 mod demo;
+mod initramfs;
+mod kernel;
+mod qemu;
 mod run;
 mod test;
+mod vmtest;
 
 use std::path::PathBuf;
 
@@ -17,7 +21,10 @@ commands:
   bench [--runs N] [--quick]  time understudy against tar+lzop on the corpus
   test                      fmt check, clippy -D warnings, cargo test (what CI runs)
   demo                      archive round trip on the corpus, with a summary
-  compare A B               check two trees match (contents, modes, owners, links)";
+  vm [SCENARIO...]          boot the QEMU harness's proof scenarios (--list names them)
+  compare A B               check two trees match (contents, modes, owners, links)
+  kernel                    fetch and unpack Debian's kernel into target/kernel/; print its paths
+  initramfs [--smoke] [--json]  build target/recovery/{initrd.img,vmlinuz}; --smoke boots a test image";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -37,7 +44,10 @@ fn real_main() -> Result<()> {
         "bench" => bench::main(rest),
         "test" => test::main(rest),
         "demo" => demo::main(rest),
+        "vm" => vmtest::main(rest),
         "compare" => demo::compare_main(rest),
+        "kernel" => kernel::main(rest),
+        "initramfs" => initramfs::main(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

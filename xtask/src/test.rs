@@ -1,15 +1,17 @@
 //! `cargo xtask test`: what CI runs (`.ci/run` -> `./x test`).
 //!
 //! fmt check, clippy with warnings denied, then the whole workspace's tests
-//! with the corpus built and its path in `UNDERSTUDY_CORPUS`. Every step runs
-//! even after an earlier one failed, so one CI run shows all that is wrong;
-//! the exit status is non-zero if any failed.
+//! with the corpus built and its path in `UNDERSTUDY_CORPUS`, then the VM
+//! scenarios (`vmtest.rs`). Every step runs even after an earlier one
+//! failed, so one CI run shows all that is wrong; the exit status is non-zero
+//! if any failed.
 
 use anyhow::{Result, bail};
 
 use crate::corpus;
 use crate::repo_root;
 use crate::run::Cmd;
+use crate::vmtest;
 
 pub fn main(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
@@ -67,8 +69,25 @@ pub fn main(args: &[String]) -> Result<()> {
         }
     }
 
+    eprintln!("\n==> vm");
+    match vmtest::run(&[]) {
+        Ok(t) if t.failed == 0 => eprintln!("==> vm: {} scenarios passed", t.passed),
+        Ok(t) => {
+            eprintln!(
+                "==> vm: FAILED: {} of {} scenarios",
+                t.failed,
+                t.failed + t.passed
+            );
+            failed.push("vm".into());
+        }
+        Err(e) => {
+            eprintln!("==> vm: FAILED: {e:#}");
+            failed.push("vm".into());
+        }
+    }
+
     if failed.is_empty() {
-        eprintln!("\n==> all steps passed: fmt, clippy, corpus, cargo test");
+        eprintln!("\n==> all steps passed: fmt, clippy, corpus, cargo test, vm");
         Ok(())
     } else {
         bail!("failed steps: {}", failed.join(", "))
