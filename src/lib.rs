@@ -7,11 +7,13 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
 pub mod archive;
+pub mod boot;
 pub mod cli;
 pub mod cmd;
 pub mod cmdline;
 pub mod disk;
 pub mod fstab;
+pub mod init;
 pub mod initramfs;
 pub mod layout;
 pub mod lzop;

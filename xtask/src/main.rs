@@ -3,6 +3,7 @@
 mod bench;
 mod corpus;
 mod demo;
+mod images;
 mod initramfs;
 mod kernel;
 mod qemu;

@@ -20,6 +20,12 @@ use crate::qemu::{
 use crate::run::Cmd;
 use crate::target_dir;
 
+#[path = "pid1test.rs"]
+mod pid1test;
+
+#[path = "boottest.rs"]
+mod boottest;
+
 /// No scenario runs longer than this, whatever its own waits say.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 /// From QEMU start to the init script's first line, under TCG.
@@ -99,6 +105,13 @@ const SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf,
         run: ovmf_starts,
     },
+    boottest::MENU_SEABIOS,
+    boottest::MENU_OVMF,
+    boottest::FALLBACK_SEABIOS,
+    boottest::FALLBACK_OVMF,
+    pid1test::STATUS_SHELL_POWEROFF,
+    pid1test::PANIC_HOOK,
+    pid1test::OVERHEAD,
 ];
 
 /// How a set of scenarios went.

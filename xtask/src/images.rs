@@ -1,0 +1,462 @@
+//! Disk images of a secondary disk for the boot tests and the demo, built without root
+//! and without mounting anything: a GPT from the library's writer, FAT with
+//! `mkfs.fat` + mtools and ext4 with `mke2fs -d` in files of their own that are then
+//! copied in at their partition's offset, and GRUB installed for BIOS (a core image in
+//! the BIOS boot partition, `boot.img` patched into the MBR as `grub-bios-setup` does)
+//! and for UEFI (`EFI/BOOT/BOOTX64.EFI` on the ESP).
+//!
+//! Does not own: what GRUB's configuration says or the environment block format
+//! (`understudy::boot`), booting the images (`boottest.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use understudy::boot::{self, ENV_BLOCK_BYTES, SecondaryBoot};
+use understudy::layout::{Bytes, Change, Geometry, Lba, MIB, PlannedPartition, SectorSize, Table};
+use understudy::layout::{PartitionPlan, Sectors};
+use uuid::Uuid;
+
+use crate::run::Cmd;
+
+const GRUB_PC_DIR: &str = "/usr/lib/grub/i386-pc";
+const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+
+/// GPT partition types.
+const BIOS_BOOT: Uuid = Uuid::from_u128(0x21686148_6449_6e6f_744e_656564454649);
+const EFI_SYSTEM: Uuid = Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
+const LINUX_FS: Uuid = Uuid::from_u128(0x0fc63daf_8483_4772_8e79_3d69d8477de4);
+
+/// Fixed identities of the test secondary, so logs and configs read the same every run.
+pub const DISK_GUID: Uuid = Uuid::from_u128(0x5ec0a3d1_0000_4e5c_9a11_000000000000);
+pub const ESP_VOLUME_ID: &str = "5EC0-0002";
+pub const RECOVERY_UUID: &str = "5ec0a3d1-0003-4e5c-9a11-000000000003";
+pub const EMERGENCY_UUID: &str = "5ec0a3d1-0004-4e5c-9a11-000000000004";
+pub const IMAGES_UUID: &str = "5ec0a3d1-0005-4e5c-9a11-000000000005";
+
+/// Offsets in GRUB's i386-pc `boot.img` (include/grub/i386/pc/boot.h).
+const BOOT_KERNEL_SECTOR: usize = 0x5c;
+const BOOT_DRIVE: usize = 0x64;
+const BOOT_DRIVE_CHECK: usize = 0x66;
+/// `boot.img` code ends where the MBR's disk signature and partition table begin.
+const BOOT_WINDOWS_NT_MAGIC: usize = 0x1b8;
+/// The first blocklist of `diskboot.img` (core.img's first sector) sits at its end:
+/// start sector (u64), sector count (u16), load segment (u16) (boot/i386/pc/diskboot.S).
+const BLOCKLIST_START: usize = 0x200 - 12;
+const BLOCKLIST_LEN: usize = 0x200 - 4;
+
+/// One partition of the secondary.
+struct Part {
+    name: &'static str,
+    type_guid: Uuid,
+    size: Bytes,
+}
+
+/// The partitions, scaled down from docs/disk-layout.md's sizes for tests.
+const fn parts() -> [Part; 5] {
+    [
+        Part {
+            name: "bios-boot",
+            type_guid: BIOS_BOOT,
+            size: Bytes(MIB),
+        },
+        Part {
+            name: "understudy-esp",
+            type_guid: EFI_SYSTEM,
+            size: Bytes(64 * MIB),
+        },
+        Part {
+            name: "understudy-recovery",
+            type_guid: LINUX_FS,
+            size: Bytes(128 * MIB),
+        },
+        Part {
+            name: "understudy-emergency",
+            type_guid: LINUX_FS,
+            size: Bytes(64 * MIB),
+        },
+        Part {
+            name: "understudy-images",
+            type_guid: LINUX_FS,
+            size: Bytes(32 * MIB),
+        },
+    ]
+}
+
+/// What goes on a test secondary.
+pub struct SecondarySpec {
+    /// Scratch space for the filesystems and GRUB images (created).
+    pub work: PathBuf,
+    pub output: PathBuf,
+    pub boot: SecondaryBoot,
+    pub recovery_kernel: PathBuf,
+    pub recovery_initrd: PathBuf,
+    /// Put at the emergency filesystem's `/vmlinuz` and `/initrd.img`.
+    pub emergency_kernel: PathBuf,
+    pub emergency_initrd: PathBuf,
+    /// The two environment block copies' bytes (`None`: the file is left out).
+    pub env_a: Option<Vec<u8>>,
+    pub env_b: Option<Vec<u8>>,
+}
+
+/// The menu of a test secondary: no primary recorded, 3 s fallback.
+pub fn test_boot() -> SecondaryBoot {
+    SecondaryBoot {
+        recovery_fs_uuid: RECOVERY_UUID.to_string(),
+        emergency: boot::EmergencyEntry {
+            fs_uuid: EMERGENCY_UUID.to_string(),
+            kernel: "/vmlinuz".to_string(),
+            initrd: "/initrd.img".to_string(),
+            cmdline: Vec::new(),
+        },
+        primary: None,
+        fallback_timeout_secs: 3,
+        menu_timeout_secs: 5,
+    }
+}
+
+/// The GPT of the secondary, partitions 1 MiB-aligned from 1 MiB.
+fn plan() -> Result<PartitionPlan> {
+    let sector = SectorSize::B512;
+    let total: u64 = parts().iter().map(|p| p.size.0).sum::<u64>() + 2 * MIB;
+    let table = Table::Gpt {
+        disk_guid: DISK_GUID,
+    };
+    let geo = Geometry::new(&table, Bytes(total), sector).context("no GPT fits the image")?;
+    let mut start = MIB;
+    let mut partitions = Vec::new();
+    for (i, p) in parts().iter().enumerate() {
+        let number = u32::try_from(i + 1)?;
+        partitions.push(PlannedPartition {
+            number,
+            start_lba: Lba(start / sector.bytes()),
+            size_lba: p.size.to_sectors(sector).context("partition size")?,
+            type_guid: Some(p.type_guid),
+            mbr_type: None,
+            part_uuid: Some(Uuid::from_u128(
+                0x5ec0a3d1_0000_4e5c_9a11_100000000000 + u128::from(number),
+            )),
+            name: p.name.to_string(),
+            attributes: 0,
+            was_bytes: p.size,
+            change: Change::Same,
+        });
+        start = start
+            .checked_add(p.size.0)
+            .context("image size overflows")?;
+    }
+    Ok(PartitionPlan {
+        table,
+        sector_size: sector,
+        disk_bytes: Bytes(total),
+        first_usable: geo.first_usable,
+        last_usable: geo.last_usable,
+        partitions,
+        lvs: Vec::new(),
+    })
+}
+
+/// Builds the secondary disk image described by `spec`.
+pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
+    crate::run::require(&["mke2fs", "mkfs.fat", "mcopy", "mmd", "grub-mkimage"])?;
+    let work = &spec.work;
+    if work.exists() {
+        fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let plan = plan()?;
+    let out = &spec.output;
+    let f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    f.set_len(plan.disk_bytes.0)
+        .with_context(|| format!("sizing {}", out.display()))?;
+    drop(f);
+    understudy::partition::write(out, &plan)?;
+    let part = |n: usize| &plan.partitions[n - 1];
+
+    // GRUB: one early configuration for both platforms.
+    let early = work.join("early.cfg");
+    write(
+        &early,
+        boot::render_early_cfg(&spec.boot.recovery_fs_uuid)?.as_bytes(),
+    )?;
+    let core = work.join("core.img");
+    grub_mkimage("i386-pc", GRUB_PC_DIR, boot::GRUB_MODULES_PC, &early, &core)?;
+    let efi = work.join("BOOTX64.EFI");
+    grub_mkimage(
+        "x86_64-efi",
+        GRUB_EFI_DIR,
+        boot::GRUB_MODULES_EFI,
+        &early,
+        &efi,
+    )?;
+
+    // ESP.
+    let esp = work.join("esp.fat");
+    let esp_part = part(2);
+    make_sized(&esp, esp_part.size_lba, plan.sector_size)?;
+    let volume_id = ESP_VOLUME_ID.replace('-', "");
+    Cmd::new("mkfs.fat")
+        .args(["-F", "32", "-s", "1", "-n", "US-ESP", "-i", &volume_id])
+        .arg(&esp)
+        .output()?;
+    let img = format!("-i{}", esp.display());
+    Cmd::new("mmd")
+        .args([&img, "::/EFI", "::/EFI/BOOT"])
+        .output()?;
+    Cmd::new("mcopy")
+        .arg(&img)
+        .arg(&efi)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .output()?;
+    copy_in(&esp, out, esp_part, plan.sector_size)?;
+
+    // Recovery: GRUB's configuration and environment, the recovery kernel and initrd.
+    let rec = work.join("recovery-root");
+    fs::create_dir_all(rec.join("grub")).context("creating the recovery tree")?;
+    fs::create_dir_all(rec.join("boot")).context("creating the recovery tree")?;
+    write(
+        &rec.join(boot::GRUB_CFG_PATH.trim_start_matches('/')),
+        boot::render_grub_cfg(&spec.boot)?.as_bytes(),
+    )?;
+    for (bytes, path) in [
+        (&spec.env_a, boot::ENV_PATH_A),
+        (&spec.env_b, boot::ENV_PATH_B),
+    ] {
+        if let Some(b) = bytes {
+            ensure!(
+                b.len() == ENV_BLOCK_BYTES,
+                "an env block of {} bytes",
+                b.len()
+            );
+            write(&rec.join(path.trim_start_matches('/')), b)?;
+        }
+    }
+    copy_file(
+        &spec.recovery_kernel,
+        &rec.join(boot::RECOVERY_KERNEL_PATH.trim_start_matches('/')),
+    )?;
+    copy_file(
+        &spec.recovery_initrd,
+        &rec.join(boot::RECOVERY_INITRD_PATH.trim_start_matches('/')),
+    )?;
+    ext4(
+        work,
+        out,
+        &plan,
+        3,
+        "US-RECOVERY",
+        &spec.boot.recovery_fs_uuid,
+        Some(&rec),
+    )?;
+
+    // Emergency: a kernel and an initrd where the emergency entry looks for them.
+    let em = work.join("emergency-root");
+    fs::create_dir_all(&em).context("creating the emergency tree")?;
+    let e = &spec.boot.emergency;
+    copy_file(
+        &spec.emergency_kernel,
+        &em.join(e.kernel.trim_start_matches('/')),
+    )?;
+    copy_file(
+        &spec.emergency_initrd,
+        &em.join(e.initrd.trim_start_matches('/')),
+    )?;
+    ext4(work, out, &plan, 4, "US-EMERGENCY", &e.fs_uuid, Some(&em))?;
+    ext4(work, out, &plan, 5, "US-IMAGES", IMAGES_UUID, None)?;
+
+    install_bios(out, &core, part(1), plan.sector_size)?;
+    Ok(())
+}
+
+fn grub_mkimage(format: &str, dir: &str, extra: &[&str], early: &Path, out: &Path) -> Result<()> {
+    Cmd::new("grub-mkimage")
+        .args(["-O", format, "-d", dir, "-p", "/grub", "-c"])
+        .arg(early)
+        .arg("-o")
+        .arg(out)
+        .args(boot::GRUB_MODULES)
+        .args(extra)
+        .output()
+        .with_context(|| format!("making GRUB's {format} image"))?;
+    Ok(())
+}
+
+/// An ext4 filesystem for partition `n`, filled from `tree`, copied into the image.
+fn ext4(
+    work: &Path,
+    out: &Path,
+    plan: &PartitionPlan,
+    n: usize,
+    label: &str,
+    uuid: &str,
+    tree: Option<&Path>,
+) -> Result<()> {
+    let p = &plan.partitions[n - 1];
+    let file = work.join(format!("{label}.ext4"));
+    make_sized(&file, p.size_lba, plan.sector_size)?;
+    let mut cmd = Cmd::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
+        .args(["-E", "root_owner=0:0"]);
+    if let Some(t) = tree {
+        cmd = cmd.arg("-d").arg(t);
+    }
+    cmd.arg(&file)
+        .output()
+        .with_context(|| format!("making the {label} filesystem"))?;
+    copy_in(&file, out, p, plan.sector_size)
+}
+
+/// A sparse file of exactly the partition's size.
+fn make_sized(path: &Path, size: Sectors, sector: SectorSize) -> Result<()> {
+    let bytes = size.bytes(sector).context("partition size overflows")?;
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(bytes.0)
+        .with_context(|| format!("sizing {}", path.display()))
+}
+
+/// Copies a filesystem file into the image at the partition's offset, skipping
+/// zero MiBs (the image is sparse and was created zeroed).
+fn copy_in(from: &Path, image: &Path, p: &PlannedPartition, sector: SectorSize) -> Result<()> {
+    let offset = p.start_lba.bytes(sector).context("offset overflows")?.0;
+    let size = p.size_lba.bytes(sector).context("size overflows")?.0;
+    let mut src = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let len = src.metadata()?.len();
+    ensure!(
+        len <= size,
+        "{} is larger than partition {}",
+        from.display(),
+        p.number
+    );
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut buf = vec![0u8; usize::try_from(MIB)?];
+    let mut done = 0u64;
+    let what = || format!("copying {} into {}", from.display(), image.display());
+    while done < len {
+        let n = src.read(&mut buf).with_context(what)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.seek(SeekFrom::Start(offset + done))
+                .with_context(what)?;
+            dst.write_all(&buf[..n]).with_context(what)?;
+        }
+        done += n as u64;
+    }
+    dst.sync_all().with_context(what)
+}
+
+/// What `grub-bios-setup` does for a GPT disk with a BIOS boot partition: core.img
+/// into the partition, its first sector's blocklist pointing at the rest, and
+/// `boot.img` in the MBR's code area pointing at core.img, keeping the protective
+/// MBR's disk signature and partition table.
+fn install_bios(image: &Path, core: &Path, p: &PlannedPartition, sector: SectorSize) -> Result<()> {
+    ensure!(
+        sector == SectorSize::B512,
+        "BIOS GRUB needs 512-byte sectors"
+    );
+    let mut core_bytes = fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let diskboot = fs::read(Path::new(GRUB_PC_DIR).join("diskboot.img"))
+        .context("reading GRUB's diskboot.img")?;
+    ensure!(
+        core_bytes.len() > 512 && core_bytes[..BLOCKLIST_START] == diskboot[..BLOCKLIST_START],
+        "{} does not start with diskboot.img",
+        core.display()
+    );
+    let sectors = u64::try_from(core_bytes.len().div_ceil(512))?;
+    core_bytes.resize(usize::try_from(sectors * 512)?, 0);
+    if sectors > p.size_lba.0 {
+        bail!(
+            "core.img is {sectors} sectors, the BIOS boot partition {}",
+            p.size_lba.0
+        );
+    }
+    let core_lba = p.start_lba.0;
+    core_bytes[BLOCKLIST_START..BLOCKLIST_START + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
+    core_bytes[BLOCKLIST_LEN..BLOCKLIST_LEN + 2]
+        .copy_from_slice(&u16::try_from(sectors - 1)?.to_le_bytes());
+
+    let boot_img =
+        fs::read(Path::new(GRUB_PC_DIR).join("boot.img")).context("reading GRUB's boot.img")?;
+    ensure!(
+        boot_img.len() == 512,
+        "boot.img is {} bytes",
+        boot_img.len()
+    );
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut mbr = [0u8; 512];
+    dev.read_exact(&mut mbr)
+        .with_context(|| format!("reading the MBR of {}", image.display()))?;
+    mbr[..BOOT_WINDOWS_NT_MAGIC].copy_from_slice(&boot_img[..BOOT_WINDOWS_NT_MAGIC]);
+    mbr[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    // 0xff: boot from the drive the BIOS says (DL).
+    mbr[BOOT_DRIVE] = 0xff;
+    // A hard disk: skip the floppy check's jump (grub-bios-setup does the same for
+    // buggy BIOSes that pass a wrong DL).
+    mbr[BOOT_DRIVE_CHECK..BOOT_DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]);
+    let what = || format!("installing GRUB for BIOS on {}", image.display());
+    dev.seek(SeekFrom::Start(core_lba * 512))
+        .with_context(what)?;
+    dev.write_all(&core_bytes).with_context(what)?;
+    dev.seek(SeekFrom::Start(0)).with_context(what)?;
+    dev.write_all(&mbr).with_context(what)?;
+    dev.sync_all().with_context(what)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::copy(from, to)
+        .map(drop)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_is_valid_and_aligned() {
+        let p = plan().unwrap();
+        understudy::layout::check_plan(&p).unwrap();
+        for part in &p.partitions {
+            assert_eq!(part.start_lba.0 % 2048, 0, "partition {}", part.number);
+        }
+        assert_eq!(p.partitions[0].type_guid, Some(BIOS_BOOT));
+        assert_eq!(p.partitions[0].start_lba, Lba(2048));
+    }
+
+    /// GRUB's images carry the values the offsets above are for.
+    #[test]
+    fn grub_boot_images_have_the_expected_defaults() {
+        let boot = fs::read(Path::new(GRUB_PC_DIR).join("boot.img")).unwrap();
+        assert_eq!(
+            boot[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8],
+            1u64.to_le_bytes()
+        );
+        assert_eq!(boot[BOOT_DRIVE], 0xff);
+        assert_eq!(boot[BOOT_DRIVE_CHECK], 0xeb, "a short jmp");
+        let diskboot = fs::read(Path::new(GRUB_PC_DIR).join("diskboot.img")).unwrap();
+        assert_eq!(
+            diskboot[BLOCKLIST_START..BLOCKLIST_START + 8],
+            2u64.to_le_bytes()
+        );
+        assert_eq!(
+            diskboot[BLOCKLIST_LEN..BLOCKLIST_LEN + 4],
+            [0, 0, 0x20, 0x08]
+        );
+    }
+}
