@@ -3,6 +3,9 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 /// Start writeback of all dirty pages of `fd` without waiting for it
 /// (`sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`), so the disk works while the
@@ -18,6 +21,74 @@ pub fn start_writeback(fd: impl AsFd) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A terminal's window size as `TIOCGWINSZ` reports it: (columns, rows). A serial
+/// line reports 0x0 (nothing tells the kernel the far end's size).
+pub fn window_size(fd: impl AsFd) -> io::Result<(u16, u16)> {
+    let raw = fd.as_fd().as_raw_fd();
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `raw` is open for the call (it comes from a live `BorrowedFd`), and
+    // TIOCGWINSZ writes exactly one `struct winsize` through the pointer, which
+    // points at a local of that type that outlives the call.
+    let rc = unsafe { libc::ioctl(raw, libc::TIOCGWINSZ, &mut ws) };
+    if rc == 0 {
+        Ok((ws.ws_col, ws.ws_row))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Signals caught by [`catch_as_flags`] and not yet taken, one bit per number.
+static PENDING_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+/// The handler: one atomic OR, which is async-signal-safe (no allocation, no lock).
+extern "C" fn raise_flag(sig: libc::c_int) {
+    if let Ok(bit) = u32::try_from(sig)
+        && bit < 64
+    {
+        PENDING_SIGNALS.fetch_or(1 << bit, Ordering::SeqCst);
+    }
+}
+
+/// Makes each of `signals` only raise a flag that [`take_signals`] reads later, so
+/// the work happens outside the handler. `SA_RESTART`: reads and waits in progress go
+/// on rather than fail with `EINTR` (poll still returns early, which wakes the loop).
+pub fn catch_as_flags(signals: &[Signal]) -> nix::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(raise_flag),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for &sig in signals {
+        // SAFETY: the handler only does an atomic OR on a static, which is
+        // async-signal-safe; it touches no state the interrupted code could hold.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// The signals caught since the last call, clearing them.
+pub fn take_signals() -> Vec<Signal> {
+    let bits = PENDING_SIGNALS.swap(0, Ordering::SeqCst);
+    (1..64)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .filter_map(|b| Signal::try_from(b).ok())
+        .collect()
+}
+
+/// Sets an environment variable of this process, for PID 1 at its start (the kernel
+/// gives init no `PATH`). Must be called before any thread exists: the environment is
+/// not protected against concurrent readers (`getenv` in another thread).
+pub fn set_env_before_threads(key: &str, value: &str) {
+    // SAFETY: the caller is PID 1 at start-up, before it has spawned any thread, so
+    // nothing can read the environment concurrently.
+    unsafe { std::env::set_var(key, value) };
 }
 
 #[cfg(test)]
@@ -40,5 +111,22 @@ mod tests {
             Some(libc::ESPIPE)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pipe_has_no_window_size() {
+        let (r, _w) = std::io::pipe().unwrap();
+        assert_eq!(
+            window_size(&r).unwrap_err().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+
+    #[test]
+    fn a_caught_signal_is_a_flag_taken_once() {
+        catch_as_flags(&[Signal::SIGUSR2]).unwrap();
+        nix::sys::signal::raise(Signal::SIGUSR2).unwrap();
+        assert!(take_signals().contains(&Signal::SIGUSR2));
+        assert!(!take_signals().contains(&Signal::SIGUSR2));
     }
 }

@@ -1,0 +1,531 @@
+//! PID 1 of the recovery image: mounts the pseudo filesystems, sets up the consoles,
+//! loads the drivers for the devices present, waits (bounded) for the disks, takes
+//! the disk inventory and shows the status screen with a small menu (shell, reboot,
+//! power off, refresh, log). It reaps every child, turns signals into flags handled
+//! in its loop, logs to `/dev/kmsg` and a ring buffer, and never exits: a panic is
+//! caught, shown, and followed by the menu again.
+//!
+//! Does not own: the recovery console proper (ratatui, a later issue), the module
+//! index and matcher (`initramfs::modules`), the inventory (`disk`), command-line
+//! splitting (`cmdline`), or `unsafe` calls (`sys`).
+//!
+//! Kernel command-line keys: `docs/kernel-cmdline.md`.
+
+// The kernel panics when init exits: nothing here may unwrap or panic on purpose.
+// (Tests may: `clippy --all-targets` checks the non-test build with the deny too.)
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod console;
+pub mod log;
+pub mod menu;
+pub mod modload;
+pub mod mounts;
+pub mod reaper;
+pub mod recorded;
+pub mod status;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::Signal;
+
+use crate::cmd::Cmd;
+use crate::cmdline::Cmdline;
+use crate::disk;
+use crate::initramfs::modules::Index;
+use crate::sys;
+use console::Consoles;
+use menu::Action;
+use recorded::RecordedState;
+use status::Status;
+
+/// What the kernel command line asks of PID 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    /// `understudy.debug`: kernel messages stay on the console, and the log is shown
+    /// under the status screen.
+    pub debug: bool,
+    /// `understudy.test_panic=1`: panic on purpose once the consoles are up, so a
+    /// test sees the panic hook at work.
+    pub test_panic: bool,
+}
+
+/// `understudy.mode=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait for a technician at the menu.
+    #[default]
+    Recovery,
+    /// Act without a keypress when the situation is clear (booting the emergency copy
+    /// comes with the recovery console; for now it is shown and recovery goes on).
+    Auto,
+}
+
+impl Options {
+    /// The options from a kernel command line; unknown values are ignored (and
+    /// named in the returned notes) rather than stopping the boot.
+    pub fn from_cmdline(c: &Cmdline) -> (Options, Vec<String>) {
+        let mut notes = Vec::new();
+        let mode = match c.get("understudy.mode") {
+            None | Some("recovery") => Mode::Recovery,
+            Some("auto") => Mode::Auto,
+            Some(other) => {
+                notes.push(format!(
+                    "understudy.mode={other} is not recovery or auto; using recovery"
+                ));
+                Mode::Recovery
+            }
+        };
+        let debug = c
+            .get("understudy.debug")
+            .is_some_and(|v| !matches!(v, "0" | "no" | "off"));
+        let test_panic = c.get("understudy.test_panic") == Some("1");
+        (
+            Options {
+                mode,
+                debug,
+                test_panic,
+            },
+            notes,
+        )
+    }
+}
+
+/// Whether this process should be PID 1: it is, or it was started as `…init`.
+pub fn is_init(pid: u32, argv0: &str) -> bool {
+    pid == 1
+        || Path::new(argv0)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("init"))
+}
+
+/// How long driver loading may go on while new devices keep appearing.
+const DRIVERS_BOUND: Duration = Duration::from_secs(10);
+/// How long to wait for the set of disks to settle, and how long it must stay the
+/// same to count as settled.
+const DISKS_BOUND: Duration = Duration::from_secs(3);
+const DISKS_STABLE: Duration = Duration::from_millis(150);
+/// How often the menu loop wakes to reap and look at signals with no key pressed.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The last panic's message, for the status screen.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// PID 1. Never returns.
+pub fn main() -> ! {
+    install_panic_hook();
+    let started = catch(start);
+    let (mut consoles, mut status, opts) = match started {
+        Some(s) => s,
+        None => {
+            let consoles = Consoles::setup();
+            let status = Status {
+                inventory: None,
+                recorded: RecordedState::NoRecoveryFilesystem,
+                roles: None,
+                notes: vec![panic_note("during start-up")],
+            };
+            (consoles, status, Options::default())
+        }
+    };
+    loop {
+        if catch(|| menu_loop(&mut consoles, &mut status, opts)).is_none() {
+            status.notes.push(panic_note("in the menu"));
+            // A panic that repeats at once must not spin the CPU.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Runs `f`, turning a panic (already shown by the hook) into `None`.
+fn catch<T>(f: impl FnOnce() -> T) -> Option<T> {
+    panic::catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+fn panic_note(when: &str) -> String {
+    let msg = LAST_PANIC
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("PID 1 panicked {when}: {msg}")
+}
+
+/// Logs the panic, syncs the disks and says on the console what happened; the
+/// unwinding then ends in [`catch`], which brings the menu back.
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let msg = info.to_string().replace('\n', " ");
+        log::write_from_panic(log::Level::Crit, &format!("PID 1 panicked: {msg}"));
+        if let Ok(mut last) = LAST_PANIC.try_lock() {
+            *last = Some(msg.clone());
+        }
+        nix::unistd::sync();
+        // The screen belongs to nobody now: say it there.
+        eprint!(
+            "\r\nunderstudy: PID 1 panicked: {msg}\r\nunderstudy: disks synced; the menu follows (shell, reboot, power off)\r\n"
+        );
+    }));
+}
+
+/// Mounts, logging, signals, consoles, drivers, disks: everything up to the first
+/// status screen.
+fn start() -> (Consoles, Status, Options) {
+    sys::set_env_before_threads("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let mount_problems = mounts::mount_pseudo();
+    log::open_kmsg();
+    let mut notes: Vec<String> = Vec::new();
+    for p in mount_problems {
+        log::error(&p);
+        notes.push(p);
+    }
+    if let Err(e) = sys::catch_as_flags(&[
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ]) {
+        log::error(&format!("installing the signal handlers: {e}"));
+    }
+    // Ctrl-Alt-Del then sends SIGINT to PID 1 instead of resetting at once.
+    if let Err(e) = set_cad_enabled(false) {
+        log::warn(&format!("disabling Ctrl-Alt-Del: {e}"));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (opts, opt_notes) = Options::from_cmdline(&Cmdline::parse(cmdline.trim()));
+    for n in opt_notes {
+        log::warn(&n);
+        notes.push(n);
+    }
+    log::info(&format!("starting; options {opts:?}"));
+    if !opts.debug {
+        // Only errors and worse from the kernel on the console, so driver chatter
+        // does not scribble over the screen (`dmesg` still has everything).
+        if let Err(e) = std::fs::write("/proc/sys/kernel/printk", "4") {
+            log::warn(&format!("lowering the console log level: {e}"));
+        }
+    }
+    let mut consoles = Consoles::setup();
+    log::info(&format!("console size {:?}", consoles.size));
+    consoles.show(&format!(
+        "{}{}: loading drivers and looking for disks...\n",
+        console::CLEAR,
+        status::TITLE
+    ));
+    notes.push(load_drivers());
+    wait_for_disks(Path::new("/sys/block"));
+    if opts.mode == Mode::Auto {
+        notes.push(
+            "understudy.mode=auto: automatic actions come with the recovery console; waiting here"
+                .into(),
+        );
+    }
+    if opts.test_panic {
+        failpoint_panic();
+    }
+    let status = gather(notes);
+    (consoles, status, opts)
+}
+
+/// `understudy.test_panic=1`: the test of the panic hook.
+#[allow(
+    clippy::panic,
+    reason = "a deliberate panic, asked for on the kernel command line"
+)]
+fn failpoint_panic() {
+    panic!("understudy.test_panic=1 on the kernel command line");
+}
+
+/// Loads the drivers for the devices present; one line saying how it went.
+fn load_drivers() -> String {
+    let release = match nix::sys::utsname::uname() {
+        Ok(u) => u.release().to_string_lossy().into_owned(),
+        Err(e) => {
+            let msg = format!("drivers: not loaded, uname failed: {e}");
+            log::error(&msg);
+            return msg;
+        }
+    };
+    let dir = Path::new("/lib/modules").join(&release);
+    let index = match Index::load(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            let msg = format!("drivers: not loaded: {e:#}");
+            log::error(&msg);
+            return msg;
+        }
+    };
+    let began = Instant::now();
+    let report = modload::load_for_devices(&index, &dir, Path::new("/sys"), began + DRIVERS_BOUND);
+    let line = format!("{} ({} ms)", report.summary(), began.elapsed().as_millis());
+    log::info(&line);
+    line
+}
+
+/// The names in `/sys/block`.
+fn block_devices(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits until the set of block devices has stayed the same for [`DISKS_STABLE`]
+/// (SCSI and ATA disks appear some time after their driver loads), at most
+/// [`DISKS_BOUND`].
+fn wait_for_disks(dir: &Path) {
+    let began = Instant::now();
+    let mut last = block_devices(dir);
+    let mut since = Instant::now();
+    while began.elapsed() < DISKS_BOUND {
+        std::thread::sleep(Duration::from_millis(30));
+        let now = block_devices(dir);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= DISKS_STABLE {
+            break;
+        }
+    }
+    log::info(&format!(
+        "block devices after {} ms: {}",
+        began.elapsed().as_millis(),
+        last.join(" ")
+    ));
+}
+
+/// The inventory, the recorded identities and the roles.
+fn gather(notes: Vec<String>) -> Status {
+    // LVM is not on this screen, and three `lvm` runs cost about a second under
+    // emulation (the restore screens will ask for it).
+    let sources = disk::Sources {
+        lvm: disk::LvmSource::Skip,
+        ..disk::Sources::system()
+    };
+    let inventory = disk::inventory(&sources);
+    for p in &inventory.problems {
+        log::warn(&format!("inventory: {p}"));
+    }
+    let recorded = recorded::load(&inventory);
+    log::info(&format!("recorded identities: {recorded:?}"));
+    let roles = recorded::roles(&inventory, &recorded);
+    Status {
+        inventory: Some(inventory),
+        recorded,
+        roles,
+        notes,
+    }
+}
+
+fn draw(consoles: &mut Consoles, status: &Status, opts: Options) {
+    let cols = consoles.size.cols;
+    let mut text = String::from(console::CLEAR);
+    for line in status::render(status, cols) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if opts.debug {
+        text.push_str("\nlog:\n");
+        for l in log::tail(5) {
+            text.push_str(&l.chars().take(usize::from(cols)).collect::<String>());
+            text.push('\n');
+        }
+    }
+    text.push('\n');
+    text.push_str(menu::LINE);
+    text.push_str("\nchoice: ");
+    consoles.show(&text);
+}
+
+/// Reaps children and acts on the signals that came.
+fn service() {
+    for (pid, how) in reaper::reap() {
+        log::info(&format!("reaped process {pid}: {how}"));
+    }
+    for sig in sys::take_signals() {
+        match sig {
+            Signal::SIGCHLD => {}
+            // Ctrl-Alt-Del.
+            Signal::SIGINT => {
+                log::warn("SIGINT (Ctrl-Alt-Del): rebooting");
+                let e = power(RebootMode::RB_AUTOBOOT);
+                log::error(&e);
+            }
+            other => log::info(&format!("{other} ignored: PID 1 stops only from the menu")),
+        }
+    }
+}
+
+/// Syncs and reboots or powers off; returns only if that failed, saying why.
+fn power(mode: RebootMode) -> String {
+    nix::unistd::sync();
+    match reboot(mode) {
+        Err(e) => format!("{mode:?} failed: {e}"),
+        Ok(never) => match never {},
+    }
+}
+
+/// Shows the status and menu, waits for a key, carries the action out; for ever.
+fn menu_loop(consoles: &mut Consoles, status: &mut Status, opts: Options) {
+    loop {
+        service();
+        draw(consoles, status, opts);
+        consoles.keys_mode();
+        let action = loop {
+            service();
+            if let Some(a) = consoles.read_key(TICK).and_then(menu::action) {
+                break a;
+            }
+        };
+        log::info(&format!("menu: {action:?}"));
+        match action {
+            Action::Shell => {
+                consoles.lines_mode();
+                consoles.show(&format!(
+                    "{}Shell on the console; `exit` comes back to the menu.\n",
+                    console::CLEAR
+                ));
+                let note = run_shell();
+                log::info(&note);
+                status.notes.retain(|n| !n.starts_with("shell: "));
+                if !note.ends_with("exited 0") {
+                    status.notes.push(note);
+                }
+            }
+            Action::Reboot | Action::PowerOff => {
+                let (mode, what) = if action == Action::Reboot {
+                    (RebootMode::RB_AUTOBOOT, "rebooting")
+                } else {
+                    (RebootMode::RB_POWER_OFF, "powering off")
+                };
+                consoles.show(&format!("\n{what}...\n"));
+                let e = power(mode);
+                log::error(&e);
+                status.notes.push(e);
+            }
+            Action::Refresh => {
+                consoles.show("\nlooking at the disks again...\n");
+                let keep: Vec<String> = status
+                    .notes
+                    .iter()
+                    .filter(|n| n.starts_with("drivers: "))
+                    .cloned()
+                    .collect();
+                *status = gather(keep);
+            }
+            Action::Log => {
+                let rows = usize::from(consoles.size.rows.saturating_sub(3));
+                let mut text = format!("{}PID 1 log (all of it: dmesg)\n", console::CLEAR);
+                for l in log::tail(rows) {
+                    text.push_str(
+                        &l.chars()
+                            .take(usize::from(consoles.size.cols))
+                            .collect::<String>(),
+                    );
+                    text.push('\n');
+                }
+                text.push_str("press a key for the menu");
+                consoles.show(&text);
+                while consoles.read_key(TICK).is_none() {
+                    service();
+                }
+            }
+        }
+    }
+}
+
+/// busybox's shell on the console, with a controlling terminal (`setsid cttyhack`,
+/// so Ctrl-C reaches what it runs) and `/etc/profile` (whose aliases make the real
+/// `mke2fs` and friends win over busybox's applets); plain `sh` if that cannot start.
+fn run_shell() -> String {
+    let with_tty = Cmd::new("/usr/bin/setsid")
+        .args(["/usr/bin/cttyhack", "/bin/sh"])
+        .env("ENV", "/etc/profile")
+        .env("HOME", "/root")
+        .interactive();
+    let status = match with_tty {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            log::warn(&format!("{e:#}; starting plain sh"));
+            Cmd::new("/bin/sh").env("ENV", "/etc/profile").interactive()
+        }
+    };
+    match status {
+        Ok(s) => match s.code() {
+            Some(c) => format!("shell: exited {c}"),
+            None => format!("shell: {s}"),
+        },
+        Err(e) => format!("shell: could not start: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_kernel_command_line() {
+        let (o, notes) = Options::from_cmdline(&Cmdline::parse(
+            "console=ttyS0 understudy.mode=auto understudy.debug quiet",
+        ));
+        assert_eq!(
+            o,
+            Options {
+                mode: Mode::Auto,
+                debug: true,
+                test_panic: false
+            }
+        );
+        assert!(notes.is_empty());
+        let (o, notes) = Options::from_cmdline(&Cmdline::parse(
+            "understudy.mode=sideways understudy.debug=0 understudy.test_panic=1",
+        ));
+        assert_eq!(
+            o,
+            Options {
+                mode: Mode::Recovery,
+                debug: false,
+                test_panic: true
+            }
+        );
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("sideways"));
+        // Arguments after `--` belong to init's argv, not to these keys.
+        let (o, _) = Options::from_cmdline(&Cmdline::parse("ro -- understudy.test_panic=1"));
+        assert!(!o.test_panic);
+    }
+
+    #[test]
+    fn pid_1_or_a_name_ending_in_init_means_init() {
+        assert!(is_init(1, "/usr/bin/understudy"));
+        assert!(is_init(4242, "/init"));
+        assert!(is_init(4242, "/sbin/init"));
+        assert!(!is_init(4242, "/usr/bin/understudy"));
+        assert!(!is_init(4242, "initramfs-tool"));
+    }
+
+    #[test]
+    fn block_devices_are_listed_sorted() {
+        let dir =
+            std::env::temp_dir().join(format!("understudy-init-block-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for n in ["vdb", "vda", "sr0"] {
+            std::fs::create_dir_all(dir.join(n)).unwrap();
+        }
+        assert_eq!(block_devices(&dir), ["sr0", "vda", "vdb"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(block_devices(&dir).is_empty());
+    }
+}

@@ -1,0 +1,302 @@
+//! Loading the drivers for the devices present: every `modalias` below
+//! `/sys/devices` is matched against the initramfs's module index (the pure
+//! [`modules_for_modaliases`]), each module is handed to `finit_module` in dependency
+//! order, and that repeats while new devices (and so new modaliases) appear, as they
+//! do once a bus driver is loaded; bounded in time. Then the filesystems recovery
+//! needs, by name.
+//!
+//! Does not own: the index or the matcher (`initramfs::modules`), nor waiting for the
+//! disks that the drivers find (`mod.rs`).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::kmod::{ModuleInitFlags, finit_module};
+
+use crate::initramfs::modules::{Index, modules_for_modaliases};
+
+/// Loaded by name whatever the devices: the filesystems recovery mounts and the
+/// device-mapper target for snapshots. ext4 names `crc32c` only as a soft dependency
+/// (the index adds it); it is listed too since mounts fail without it.
+pub const ALWAYS: &[&str] = &[
+    "crc32c",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "dm_snapshot",
+];
+
+/// What happened to one module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    Loaded,
+    /// `EEXIST`: loaded already (or built in under another name).
+    AlreadyThere,
+    /// `ENODEV`: the module declined, no device or CPU feature for it
+    /// (crc32c_intel on an emulated CPU without SSE4.2).
+    NoDevice,
+    Failed(String),
+}
+
+/// The outcome of loading: each module tried, in order, and how it went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub tried: Vec<(String, Loaded)>,
+    /// Rounds of reading modaliases.
+    pub rounds: u32,
+    /// The time bound ran out while modaliases were still appearing.
+    pub timed_out: bool,
+}
+
+impl Report {
+    pub fn count(&self, what: fn(&Loaded) -> bool) -> usize {
+        self.tried.iter().filter(|(_, l)| what(l)).count()
+    }
+
+    /// One line for the status screen and the log.
+    pub fn summary(&self) -> String {
+        let failed: Vec<String> = self
+            .tried
+            .iter()
+            .filter_map(|(m, l)| match l {
+                Loaded::Failed(e) => Some(format!("{m} ({e})")),
+                _ => None,
+            })
+            .collect();
+        let mut s = format!(
+            "drivers: {} loaded, {} already there, {} without a device, in {} round(s)",
+            self.count(|l| *l == Loaded::Loaded),
+            self.count(|l| *l == Loaded::AlreadyThere),
+            self.count(|l| *l == Loaded::NoDevice),
+            self.rounds
+        );
+        if self.timed_out {
+            s.push_str("; stopped by the time bound");
+        }
+        if !failed.is_empty() {
+            s.push_str(&format!("; FAILED: {}", failed.join(", ")));
+        }
+        s
+    }
+}
+
+/// Every `modalias` file's contents below `devices` (a `/sys/devices`), sorted, each
+/// once. Symbolic links are not followed (sysfs is full of links back up the tree);
+/// unreadable entries are skipped, as a device may vanish while we look.
+pub fn collect_modaliases(devices: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![devices.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(ty) = entry.file_type() else {
+                continue;
+            };
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() && entry.file_name() == "modalias" {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    let alias = text.trim();
+                    if !alias.is_empty() {
+                        out.insert(alias.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The modules to try for modaliases not seen before, leaving out those already
+/// tried: the pure step of one round.
+pub fn plan_round(index: &Index, new_aliases: &[String], tried: &BTreeSet<String>) -> Vec<String> {
+    modules_for_modaliases(new_aliases, index)
+        .into_iter()
+        .filter(|m| !tried.contains(m))
+        .collect()
+}
+
+/// Hands one module file to the kernel.
+pub fn load_file(path: &Path) -> Loaded {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Loaded::Failed(format!("opening {}: {e}", path.display())),
+    };
+    match finit_module(&file, c"", ModuleInitFlags::empty()) {
+        Ok(()) => Loaded::Loaded,
+        Err(Errno::EEXIST) => Loaded::AlreadyThere,
+        Err(Errno::ENODEV) => Loaded::NoDevice,
+        Err(e) => Loaded::Failed(e.desc().to_string()),
+    }
+}
+
+fn load_all(
+    index: &Index,
+    mod_dir: &Path,
+    names: &[String],
+    report: &mut Report,
+    tried: &mut BTreeSet<String>,
+) {
+    for name in names {
+        if !tried.insert(name.clone()) {
+            continue;
+        }
+        let outcome = match index.modules.get(name) {
+            Some(m) => load_file(&mod_dir.join(&m.path)),
+            None => Loaded::Failed("not in the module index".into()),
+        };
+        super::log::info(&format!("module {name}: {outcome:?}"));
+        report.tried.push((name.clone(), outcome));
+    }
+}
+
+/// Loads drivers for the devices below `sys/devices` until a round finds no new
+/// modalias or `deadline` passes, then the [`ALWAYS`] modules.
+pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Instant) -> Report {
+    let mut report = Report::default();
+    let mut tried = BTreeSet::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let now = collect_modaliases(&sys.join("devices"));
+        let new: Vec<String> = now.difference(&seen).cloned().collect();
+        report.rounds += 1;
+        if new.is_empty() {
+            break;
+        }
+        seen.extend(new.iter().cloned());
+        let plan = plan_round(index, &new, &tried);
+        load_all(index, mod_dir, &plan, &mut report, &mut tried);
+        if Instant::now() >= deadline {
+            report.timed_out = true;
+            break;
+        }
+    }
+    let always = index.load_order(ALWAYS);
+    load_all(index, mod_dir, &always, &mut report, &mut tried);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fake_sys(name: &str) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("understudy-init-sys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    }
+
+    fn put(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn modaliases_are_collected_from_every_depth_without_following_links() {
+        let root = fake_sys("collect");
+        let dev = root.join("devices");
+        put(
+            &dev,
+            "pci0000:00/0000:00:04.0/modalias",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
+        );
+        put(
+            &dev,
+            "pci0000:00/0000:00:04.0/virtio1/modalias",
+            "virtio:d00000002v00001AF4\n",
+        );
+        // The same alias twice (two identical disks) counts once.
+        put(
+            &dev,
+            "pci0000:00/0000:00:05.0/virtio2/modalias",
+            "virtio:d00000002v00001AF4\n",
+        );
+        put(
+            &dev,
+            "platform/serial8250/modalias",
+            "platform:serial8250\n",
+        );
+        put(&dev, "platform/empty/modalias", "\n");
+        put(&dev, "platform/serial8250/uevent", "DRIVER=serial8250\n");
+        // sysfs links back up the tree; following them would loop or double count.
+        std::os::unix::fs::symlink(&dev, dev.join("pci0000:00/0000:00:04.0/subsystem")).unwrap();
+        put(&root, "elsewhere/modalias", "pci:v0000DEADd0000BEEF\n");
+        std::os::unix::fs::symlink(root.join("elsewhere"), dev.join("platform/link")).unwrap();
+        let got: Vec<String> = collect_modaliases(&dev).into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+                "platform:serial8250",
+                "virtio:d00000002v00001AF4",
+            ]
+        );
+        assert!(collect_modaliases(&root.join("missing")).is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn index() -> Index {
+        Index::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/initramfs/depmod-6.1.0-56-amd64"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_round_plans_only_modules_not_tried_before() {
+        let index = index();
+        let first = plan_round(
+            &index,
+            &["pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00".to_string()],
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            first,
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_pci_modern_dev",
+                "virtio_pci_legacy_dev",
+                "virtio_pci"
+            ]
+        );
+        // The next round sees the virtio device virtio_pci exposed.
+        let tried: BTreeSet<String> = first.into_iter().collect();
+        assert_eq!(
+            plan_round(&index, &["virtio:d00000002v00001AF4".to_string()], &tried),
+            ["virtio_blk"]
+        );
+    }
+
+    #[test]
+    fn the_always_list_resolves_to_crc32c_before_ext4() {
+        let order = index().load_order(ALWAYS);
+        let pos = |m: &str| order.iter().position(|x| x == m).unwrap();
+        assert!(pos("crc32c_generic") < pos("ext4"), "{order:?}");
+        for m in ["vfat", "dm_snapshot", "dm_mod", "jbd2"] {
+            assert!(order.iter().any(|x| x == m), "{m} missing from {order:?}");
+        }
+    }
+
+    #[test]
+    fn loading_a_file_that_is_not_a_module_is_a_failure_not_a_panic() {
+        // As non-root this is EPERM; as root, ENOEXEC or EINVAL: never Loaded.
+        let root = fake_sys("notmodule");
+        put(&root, "x.ko", "not an ELF file");
+        assert!(matches!(load_file(&root.join("x.ko")), Loaded::Failed(_)));
+        assert!(
+            matches!(load_file(&root.join("missing.ko")), Loaded::Failed(e) if e.contains("opening"))
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
