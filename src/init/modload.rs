@@ -1,17 +1,20 @@
 //! Loading the drivers for the devices present: every `modalias` below
 //! `/sys/devices` is matched against the initramfs's module index (the pure
-//! [`modules_for_modaliases`]), each module is handed to `finit_module` in dependency
-//! order, and that repeats while new devices (and so new modaliases) appear, as they
-//! do once a bus driver is loaded; bounded in time. Then the filesystems recovery
-//! needs, by name.
+//! [`modules_for_modaliases`]), and the modules are handed to `finit_module` on
+//! [`LOADERS`] threads, each as soon as the modules it depends on are in (the pure
+//! [`prerequisites`]), so one slow probe (ata_piix waiting on emulated IDE ports)
+//! does not hold up the others. The modaliases are read again whenever a module is
+//! in, as new devices appear once a bus driver is loaded; bounded in time. The
+//! filesystems recovery needs, by name, go in the first batch.
 //!
 //! Does not own: the index or the matcher (`initramfs::modules`), nor waiting for the
 //! disks that the drivers find (`mod.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
@@ -136,49 +139,189 @@ pub fn load_file(path: &Path) -> Loaded {
     }
 }
 
-fn load_all(
-    index: &Index,
-    mod_dir: &Path,
-    names: &[String],
-    report: &mut Report,
-    tried: &mut BTreeSet<String>,
-) {
-    for name in names {
-        if !tried.insert(name.clone()) {
+/// Threads handing modules to the kernel at once. Module init mostly waits (on
+/// emulated hardware, on timeouts), so more threads than CPUs pays.
+pub const LOADERS: usize = 6;
+
+/// For each module of `batch` (in load order), the indexes in `batch` of the modules
+/// that must be in before it: its dependencies and soft pre-dependencies, and the
+/// modules it is a soft post-dependency of. Only earlier modules count (load order
+/// puts them there; a soft-dependency cycle must not wait for ever), and modules
+/// outside `batch` were dealt with before and are not waited for.
+pub fn prerequisites(index: &Index, batch: &[String]) -> Vec<Vec<usize>> {
+    let pos: BTreeMap<&str, usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i))
+        .collect();
+    let mut out: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); batch.len()];
+    for (i, name) in batch.iter().enumerate() {
+        let Some(m) = index.modules.get(name) else {
             continue;
-        }
-        let outcome = match index.modules.get(name) {
-            Some(m) => load_file(&mod_dir.join(&m.path)),
-            None => Loaded::Failed("not in the module index".into()),
         };
-        super::log::info(&format!("module {name}: {outcome:?}"));
-        report.tried.push((name.clone(), outcome));
+        let before = m
+            .depends
+            .iter()
+            .cloned()
+            .chain(m.softdep_pre.iter().flat_map(|p| index.resolve(p)));
+        for dep in before {
+            if let Some(&j) = pos.get(dep.as_str())
+                && j < i
+            {
+                out[i].insert(j);
+            }
+        }
+        for post in m.softdep_post.iter().flat_map(|p| index.resolve(p)) {
+            if let Some(&j) = pos.get(post.as_str())
+                && j > i
+            {
+                out[j].insert(i);
+            }
+        }
+    }
+    out.into_iter().map(|s| s.into_iter().collect()).collect()
+}
+
+/// The shared state of one [`load_for_devices`] run.
+#[derive(Default)]
+struct Queue {
+    /// Every module handed out or waiting, in the order planned.
+    planned: Vec<String>,
+    /// Per planned module: the planned modules it waits for.
+    waits_for: Vec<Vec<usize>>,
+    /// Per planned module: not started, started, finished.
+    started: Vec<bool>,
+    finished: Vec<bool>,
+    /// Outcomes in the order they came.
+    outcomes: Vec<(String, Loaded)>,
+    /// No more work will be planned: idle loaders may go.
+    closing: bool,
+}
+
+impl Queue {
+    /// Adds `names` (in load order, none planned before).
+    fn plan(&mut self, index: &Index, names: &[String]) {
+        let base = self.planned.len();
+        let mut all = self.planned.clone();
+        all.extend(names.iter().cloned());
+        let pre = prerequisites(index, &all);
+        for (i, name) in names.iter().enumerate() {
+            self.planned.push(name.clone());
+            self.waits_for.push(pre[base + i].clone());
+            self.started.push(false);
+            self.finished.push(false);
+        }
+    }
+
+    /// The first module not started whose prerequisites are all finished.
+    fn next_ready(&self) -> Option<usize> {
+        (0..self.planned.len())
+            .find(|&i| !self.started[i] && self.waits_for[i].iter().all(|&j| self.finished[j]))
+    }
+
+    fn busy(&self) -> bool {
+        self.finished.iter().any(|f| !f)
     }
 }
 
-/// Loads drivers for the devices below `sys/devices` until a round finds no new
-/// modalias or `deadline` passes, then the [`ALWAYS`] modules.
-pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Instant) -> Report {
-    let mut report = Report::default();
-    let mut tried = BTreeSet::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
+/// One loader thread: takes ready modules until the queue closes and is empty.
+fn loader(index: &Index, mod_dir: &Path, queue: &Mutex<Queue>, cv: &Condvar) {
+    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut q = lock();
     loop {
-        let now = collect_modaliases(&sys.join("devices"));
-        let new: Vec<String> = now.difference(&seen).cloned().collect();
-        report.rounds += 1;
-        if new.is_empty() {
-            break;
-        }
-        seen.extend(new.iter().cloned());
-        let plan = plan_round(index, &new, &tried);
-        load_all(index, mod_dir, &plan, &mut report, &mut tried);
-        if Instant::now() >= deadline {
-            report.timed_out = true;
-            break;
+        if let Some(i) = q.next_ready() {
+            q.started[i] = true;
+            let name = q.planned[i].clone();
+            drop(q);
+            let outcome = match index.modules.get(&name) {
+                Some(m) => load_file(&mod_dir.join(&m.path)),
+                None => Loaded::Failed("not in the module index".into()),
+            };
+            super::log::info(&format!("module {name}: {outcome:?}"));
+            q = lock();
+            q.finished[i] = true;
+            q.outcomes.push((name, outcome));
+            cv.notify_all();
+        } else if q.closing && !q.started.iter().any(|s| !s) {
+            return;
+        } else {
+            q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
         }
     }
-    let always = index.load_order(ALWAYS);
-    load_all(index, mod_dir, &always, &mut report, &mut tried);
+}
+
+/// Loads drivers for the devices below `sys/devices`, and the [`ALWAYS`] modules,
+/// on [`LOADERS`] threads, reading the modaliases again each time a module is in,
+/// until nothing is loading and no new modalias appeared, or `deadline` passes (then
+/// nothing more is started, and what is loading is waited for).
+pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Instant) -> Report {
+    let queue = Mutex::new(Queue::default());
+    let cv = Condvar::new();
+    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut report = Report::default();
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    std::thread::scope(|scope| {
+        for _ in 0..LOADERS {
+            scope.spawn(|| loader(index, mod_dir, &queue, &cv));
+        }
+        let mut first = true;
+        let mut done_seen = 0;
+        loop {
+            let now = collect_modaliases(&sys.join("devices"));
+            let new: Vec<String> = now.difference(&seen).cloned().collect();
+            let mut plan = Vec::new();
+            if !new.is_empty() {
+                report.rounds += 1;
+                seen.extend(new.iter().cloned());
+                plan = plan_round(index, &new, &tried);
+            }
+            if first {
+                first = false;
+                plan.extend(index.load_order(ALWAYS));
+            }
+            let plan: Vec<String> = plan
+                .into_iter()
+                .filter(|m| tried.insert(m.clone()))
+                .collect();
+            let mut q = lock();
+            if !plan.is_empty() {
+                q.plan(index, &plan);
+                cv.notify_all();
+            }
+            if !q.busy() {
+                if plan.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                report.timed_out = true;
+                break;
+            }
+            // Until a module is in (then its devices may have appeared).
+            while q.outcomes.len() == done_seen && q.busy() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = cv
+                    .wait_timeout(q, left.min(Duration::from_millis(200)))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            done_seen = q.outcomes.len();
+        }
+        let mut q = lock();
+        q.closing = true;
+        // Past the deadline nothing more starts.
+        for s in q.started.iter_mut() {
+            *s = true;
+        }
+        cv.notify_all();
+    });
+    let q = queue.into_inner().unwrap_or_else(|p| p.into_inner());
+    report.tried = q.outcomes;
     report
 }
 
@@ -286,6 +429,34 @@ mod tests {
         for m in ["vfat", "dm_snapshot", "dm_mod", "jbd2"] {
             assert!(order.iter().any(|x| x == m), "{m} missing from {order:?}");
         }
+    }
+
+    #[test]
+    fn prerequisites_are_earlier_dependencies_in_the_batch() {
+        let index = index();
+        let batch = index.load_order(ALWAYS);
+        let pre = prerequisites(&index, &batch);
+        let pos = |m: &str| batch.iter().position(|x| x == m).unwrap();
+        for (i, p) in pre.iter().enumerate() {
+            assert!(
+                p.iter().all(|&j| j < i),
+                "{} waits for a later module",
+                batch[i]
+            );
+        }
+        let ext4 = &pre[pos("ext4")];
+        for m in ["jbd2", "mbcache", "crc32c_generic"] {
+            assert!(
+                ext4.contains(&pos(m)),
+                "ext4 does not wait for {m}: {ext4:?}"
+            );
+        }
+        // vfat and dm_snapshot have nothing to do with ext4: they can go at once.
+        assert!(!pre[pos("dm_snapshot")].contains(&pos("ext4")));
+        assert!(pre[pos("dm_snapshot")].contains(&pos("dm_mod")));
+        // A batch after the first: what came before is not waited for.
+        let later = vec!["ext4".to_string()];
+        assert_eq!(prerequisites(&index, &later), vec![Vec::<usize>::new()]);
     }
 
     #[test]

@@ -182,6 +182,9 @@ struct CorpusInfo {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--boot") {
+        return boot_main();
+    }
     let opts = parse(args)?;
     require(&[
         "bash",
@@ -441,6 +444,9 @@ pub fn main(args: &[String]) -> Result<()> {
     let json_path = dir.join("archive.json");
     fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nJSON: {}", json_path.display());
+    if target_dir().join("recovery").is_dir() {
+        boot_main()?;
+    }
     Ok(())
 }
 
@@ -781,4 +787,188 @@ mod tests {
         assert!(a(&["--runs", "0"]).is_err());
         assert!(a(&["--bogus"]).is_err());
     }
+}
+
+// --- boot (`cargo xtask bench --boot`) -------------------------------------------
+//
+// The recovery image's size, and the time from QEMU start to PID 1's status screen
+// (on the harness's vt100 screen) next to the time to a trivial busybox `/init`
+// printing a marker on the same kernel with the same two disks: our overhead.
+// Median of [`BOOT_RUNS`]; a table on stdout and `target/bench/boot.json`.
+
+/// Boots of each kind; the median counts.
+const BOOT_RUNS: usize = 3;
+/// The issue's target for our overhead over a trivial `/init`.
+const BOOT_OVERHEAD_TARGET_SECS: f64 = 1.0;
+/// PID 1's status screen's first line (`init::status::TITLE` and its suffix).
+const BOOT_STATUS_TITLE: &str = "understudy recovery - disks and their state";
+const BOOT_TRIVIAL_MARK: &str = "TRIVIAL-INIT-MARKER";
+
+#[derive(Serialize)]
+struct BootReport {
+    initrd: String,
+    kernel: String,
+    accel: String,
+    initrd_compressed_bytes: u64,
+    initrd_uncompressed_bytes: u64,
+    runs: usize,
+    /// Every run, seconds from QEMU start.
+    trivial_secs: Vec<f64>,
+    status_screen_secs: Vec<f64>,
+    trivial_median_secs: f64,
+    status_screen_median_secs: f64,
+    overhead_secs: f64,
+    overhead_target_secs: f64,
+    overhead_met: bool,
+}
+
+fn median_secs(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `cargo xtask bench --boot`.
+pub fn boot_main() -> Result<()> {
+    use crate::qemu::{self, DirectBoot, DiskSpec, Firmware, ImageFormat, Machine, MachineSpec};
+    use understudy::initramfs::{self as builder, Init, Spec};
+
+    require(&["qemu-system-x86_64", "zstd"])?;
+    let recovery = target_dir().join("recovery");
+    let initrd = recovery.join("initrd.img");
+    if !initrd.is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask initramfs` first",
+            initrd.display()
+        );
+    }
+    let k = crate::kernel::ensure()?;
+    let dir = target_dir().join("bench").join("boot");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let compressed = fs::metadata(&initrd)
+        .with_context(|| format!("reading the size of {}", initrd.display()))?
+        .len();
+    let uncompressed: u64 = Cmd::bash(r#"zstd -dc -- "$1" | wc -c"#)
+        .arg("zstd")
+        .arg(&initrd)
+        .output()
+        .context("decompressing the recovery image to measure it")?
+        .trim()
+        .parse()
+        .context("reading wc's byte count")?;
+
+    let vm_dir = target_dir().join("vm");
+    let accel = qemu::accel::choose(&k.vmlinuz, &vm_dir);
+    let kernel = qemu::pvh::vmlinux_for(&k.vmlinuz, &vm_dir.join("base"))
+        .context("extracting vmlinux for a PVH boot")?
+        .unwrap_or_else(|| k.vmlinuz.clone());
+
+    let trivial_initrd = dir.join("trivial-initrd.img");
+    let mut spec = Spec::new(
+        &k.version,
+        &k.modules_dir,
+        Init::BusyboxScript(format!(
+            "#!/bin/sh\necho {BOOT_TRIVIAL_MARK}\npoweroff -f\n"
+        )),
+        &trivial_initrd,
+    )?;
+    spec.modules.clear();
+    spec.tools.clear();
+    spec.files.clear();
+    builder::build(&spec).context("building the trivial initrd")?;
+
+    let disks = [
+        ("primary", "US-PRIMARY-0001", 64u64),
+        ("secondary", "US-SECONDARY-0002", 128),
+    ];
+    let machine = |label: &str, initrd: &Path| -> Result<MachineSpec> {
+        let run_dir = dir.join(label);
+        fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let mut m = MachineSpec::new(label, &run_dir, Firmware::SeaBios, accel);
+        m.memory_mib = 512;
+        m.no_reboot = true;
+        m.deadline = Some(std::time::Instant::now() + Duration::from_secs(180));
+        m.direct_boot = Some(DirectBoot {
+            kernel: kernel.clone(),
+            initrd: Some(initrd.to_path_buf()),
+            append: "console=ttyS0 panic=-1 quiet".into(),
+        });
+        for (id, serial, mib) in disks {
+            let image = run_dir.join(format!("{id}.raw"));
+            let _ = fs::remove_file(&image);
+            qemu::create_blank(&image, mib)?;
+            m.disks
+                .push(DiskSpec::virtio(id, image, ImageFormat::Raw, serial));
+        }
+        Ok(m)
+    };
+    let bound = Duration::from_secs(120);
+    let mut trivial = Vec::new();
+    let mut ours = Vec::new();
+    for run in 0..BOOT_RUNS {
+        let mut vm = Machine::start(&machine(&format!("trivial-{run}"), &trivial_initrd)?)?;
+        vm.wait_for_text(BOOT_TRIVIAL_MARK, bound)?;
+        trivial.push(vm.elapsed().as_secs_f64());
+        vm.wait_shutdown(Duration::from_secs(30))?;
+        drop(vm);
+        let mut vm = Machine::start(&machine(&format!("recovery-{run}"), &initrd)?)?;
+        vm.wait_for_text(BOOT_STATUS_TITLE, bound)?;
+        ours.push(vm.elapsed().as_secs_f64());
+        vm.wait_for_text("[p] power off", Duration::from_secs(30))?;
+        vm.send_keys("p")?;
+        vm.wait_shutdown(Duration::from_secs(30))?;
+        eprintln!(
+            "bench: boot run {}: trivial /init {:.2} s, status screen {:.2} s",
+            run + 1,
+            trivial[run],
+            ours[run]
+        );
+    }
+    let t = median_secs(&trivial);
+    let o = median_secs(&ours);
+    let report = BootReport {
+        initrd: initrd.display().to_string(),
+        kernel: kernel.display().to_string(),
+        accel: accel.name().to_string(),
+        initrd_compressed_bytes: compressed,
+        initrd_uncompressed_bytes: uncompressed,
+        runs: BOOT_RUNS,
+        trivial_secs: trivial,
+        status_screen_secs: ours,
+        trivial_median_secs: t,
+        status_screen_median_secs: o,
+        overhead_secs: o - t,
+        overhead_target_secs: BOOT_OVERHEAD_TARGET_SECS,
+        overhead_met: o - t < BOOT_OVERHEAD_TARGET_SECS,
+    };
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!("\n== boot ({}, median of {BOOT_RUNS}) ==", report.accel);
+    println!("{:<44} {:>10}", "what", "value");
+    println!(
+        "{:<44} {:>7.1} MiB",
+        "recovery initrd, compressed (zstd)",
+        mib(compressed)
+    );
+    println!(
+        "{:<44} {:>7.1} MiB",
+        "recovery initrd, uncompressed",
+        mib(uncompressed)
+    );
+    println!("{:<44} {:>8.2} s", "QEMU start -> trivial /init marker", t);
+    println!("{:<44} {:>8.2} s", "QEMU start -> PID 1 status screen", o);
+    println!(
+        "{:<44} {:>8.2} s  (target < {BOOT_OVERHEAD_TARGET_SECS:.1} s: {})",
+        "our overhead",
+        o - t,
+        if report.overhead_met {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let json_path = target_dir().join("bench").join("boot.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("JSON: {}", json_path.display());
+    Ok(())
 }

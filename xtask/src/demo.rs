@@ -1,24 +1,350 @@
-//! `cargo xtask demo`: until the bootable demo exists, a real archive round
-//! trip on the real corpus tree, checked file by file, with a short summary.
+//! `cargo xtask demo [--no-primary|--blank-primary] [--uefi]`: the bootable demo.
+//! Builds the static binary, the recovery image and Debian's kernel (through
+//! `cargo xtask initramfs`), makes a demo appliance pair under `target/demo/` (a
+//! primary with GRUB and a busybox "appliance" on an ext4 root; a secondary from
+//! `images.rs` with the recovery OS, an emergency copy marked ready and both disks'
+//! identities recorded) and boots QEMU with its serial console on this terminal:
+//! GRUB's menu, then the recovery console (or, with the primary removed, the
+//! automatic fallback). When stdin is not a terminal it builds everything, prints
+//! the QEMU command line and exits.
 //!
-//! Also `cargo xtask compare A B`: the tree comparison on its own.
+//! `cargo xtask demo --archive`: a real archive round trip on the real corpus tree,
+//! checked file by file, with a short summary. Also `cargo xtask compare A B`: the
+//! tree comparison on its own.
+//!
+//! Does not own: the images (`images.rs`), the recovery image (`initramfs.rs`), the
+//! QEMU harness (`qemu/`, for tests: the demo runs QEMU on the terminal directly).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::IsTerminal;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use understudy::boot::{self, Env, PrimaryDisk};
+use understudy::initramfs::{self, Init, Spec};
+use understudy::layout::{Bytes, MIB};
 
 use crate::corpus::{self, human_bytes};
+use crate::images::{self, PrimarySpec, SecondarySpec};
+use crate::kernel::{self, Kernel};
+use crate::qemu::{self, DiskSpec, ImageFormat};
 use crate::run::{Cmd, require};
 use crate::{release_bin, repo_root, target_dir};
 
-pub fn main(args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("demo takes no arguments (got `{a}`)");
+/// The disks' serial numbers (what the recorded identities name).
+const PRIMARY_SERIAL: &str = "US-PRIMARY-0001";
+const SECONDARY_SERIAL: &str = "US-SECONDARY-0002";
+const REPLACEMENT_SERIAL: &str = "US-REPLACEMENT-0003";
+
+/// The demo's GRUB waits: long enough to read the menu and pick an entry.
+const MENU_SECS: u32 = 15;
+const FALLBACK_SECS: u32 = 10;
+
+const OVMF_FILES: [(&str, &str); 2] = [
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+];
+
+/// Which disk stands in the primary's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PrimarySlot {
+    /// The appliance's disk.
+    Appliance,
+    /// Nothing: the primary died and was pulled.
+    Removed,
+    /// A new, blank disk with another serial number.
+    Blank,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    primary: PrimarySlot,
+    uefi: bool,
+}
+
+const USAGE: &str = "usage: cargo xtask demo [--no-primary | --blank-primary] [--uefi]
+       cargo xtask demo --archive   (the archive round trip on the corpus)";
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        primary: PrimarySlot::Appliance,
+        uefi: false,
+    };
+    for a in args {
+        match a.as_str() {
+            "--no-primary" if o.primary == PrimarySlot::Appliance => {
+                o.primary = PrimarySlot::Removed
+            }
+            "--blank-primary" if o.primary == PrimarySlot::Appliance => {
+                o.primary = PrimarySlot::Blank
+            }
+            "--uefi" => o.uefi = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("demo: `{other}` not understood\n{USAGE}"),
+        }
     }
+    Ok(o)
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--archive") {
+        if let Some(a) = args.iter().find(|a| *a != "--archive") {
+            bail!("demo --archive takes no other arguments (got `{a}`)");
+        }
+        return archive_demo();
+    }
+    let opts = parse(args)?;
+    require(&["qemu-system-x86_64"])?;
+    eprintln!("demo: building the static binary, the recovery image and the kernel");
+    crate::initramfs::main(&[]).context("building the recovery image")?;
+    let k = kernel::ensure()?;
+    let dir = target_dir().join("demo");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pair = build_pair(&k, &dir)?;
+    let qemu_args = qemu_args(&dir, &pair, opts)?;
+    let cmd = Cmd::new("qemu-system-x86_64").args(&qemu_args);
+    let primary_note = match opts.primary {
+        PrimarySlot::Appliance => format!("primary {} ({PRIMARY_SERIAL})", pair.primary.display()),
+        PrimarySlot::Removed => "no primary (removed)".to_string(),
+        PrimarySlot::Blank => format!("a blank replacement disk ({REPLACEMENT_SERIAL})"),
+    };
+    println!(
+        "demo: secondary {} ({SECONDARY_SERIAL}, emergency copy ready), {primary_note}, {}",
+        pair.secondary.display(),
+        if opts.uefi {
+            "UEFI (OVMF)"
+        } else {
+            "BIOS (SeaBIOS)"
+        }
+    );
+    if !std::io::stdin().is_terminal() {
+        println!("demo: stdin is not a terminal; not booting. The command would be:\n{cmd}");
+        return Ok(());
+    }
+    println!(
+        "demo: booting. GRUB's menu comes first: \"{}\" reaches the recovery console.\n\
+         {}\n\
+         demo: in the recovery console, `p` powers off; Ctrl-A X quits QEMU at any time.\n",
+        boot::TITLE_RECOVERY,
+        match opts.primary {
+            PrimarySlot::Appliance => format!(
+                "demo: with the primary present GRUB boots \"{}\" (the demo appliance) after {MENU_SECS} s.",
+                boot::TITLE_PRIMARY
+            ),
+            PrimarySlot::Removed | PrimarySlot::Blank => format!(
+                "demo: the primary is missing: with no keypress GRUB boots the emergency copy after {FALLBACK_SECS} s."
+            ),
+        }
+    );
+    cmd.run_interactive()
+}
+
+/// The demo's disks.
+struct Pair {
+    primary: PathBuf,
+    primary_bytes: Bytes,
+    secondary: PathBuf,
+}
+
+/// A busybox-only initrd whose `/init` shows `banner` and runs a shell.
+fn busybox_initrd(k: &Kernel, out: &Path, banner: &str) -> Result<()> {
+    let script = format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev 2>/dev/null\n\
+         echo\necho '=== {banner} ==='\necho \"kernel command line: $(cat /proc/cmdline)\"\n\
+         echo 'A stand-in system: a busybox shell. `poweroff -f` ends the demo.'\n\
+         while true; do setsid cttyhack sh || sh; done\n"
+    );
+    let mut spec = Spec::new(&k.version, &k.modules_dir, Init::BusyboxScript(script), out)?;
+    spec.modules.clear();
+    spec.tools.clear();
+    spec.files.clear();
+    spec.compression = initramfs::Compression::Zstd { level: 3 };
+    initramfs::build(&spec)
+        .map(drop)
+        .with_context(|| format!("building {}", out.display()))
+}
+
+/// Builds `target/demo/{primary,secondary}.raw` and the initrds they hold.
+fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
+    let appliance_initrd = dir.join("appliance-initrd.img");
+    busybox_initrd(
+        k,
+        &appliance_initrd,
+        "understudy demo appliance, booted from the PRIMARY disk",
+    )?;
+    let emergency_initrd = dir.join("emergency-initrd.img");
+    busybox_initrd(
+        k,
+        &emergency_initrd,
+        "understudy demo appliance, EMERGENCY COPY on the secondary disk",
+    )?;
+
+    let tree = dir.join("appliance-root");
+    if tree.exists() {
+        fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    }
+    for d in ["boot", "etc", "srv/appliance"] {
+        fs::create_dir_all(tree.join(d)).with_context(|| format!("creating {}", tree.display()))?;
+    }
+    let put = |rel: &str, text: &str| {
+        fs::write(tree.join(rel), text).with_context(|| format!("writing {rel} in the demo tree"))
+    };
+    put("etc/hostname", "demo-appliance\n")?;
+    put(
+        "etc/os-release",
+        "PRETTY_NAME=\"understudy demo appliance\"\nID=understudy-demo\n",
+    )?;
+    put(
+        "srv/appliance/README",
+        "The demo appliance's data. The real Debian appliance comes later.\n",
+    )?;
+    fs::copy(&k.vmlinuz, tree.join("boot/vmlinuz"))
+        .with_context(|| format!("copying {}", k.vmlinuz.display()))?;
+    fs::copy(&appliance_initrd, tree.join("boot/initrd.img"))
+        .with_context(|| format!("copying {}", appliance_initrd.display()))?;
+
+    let primary = dir.join("primary.raw");
+    let primary_bytes = images::build_primary(&PrimarySpec {
+        work: dir.join("work-primary"),
+        output: primary.clone(),
+        tree,
+        root: Bytes(64 * MIB),
+        title: "Demo appliance".into(),
+        cmdline: format!("ro {}", boot::CONSOLES),
+    })?;
+
+    let mut menu = images::test_boot();
+    menu.primary = Some(PrimaryDisk {
+        root_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
+        boot_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
+        esp_fs_uuid: Some(images::PRIMARY_ESP_VOLUME_ID.to_string()),
+    });
+    menu.menu_timeout_secs = MENU_SECS;
+    menu.fallback_timeout_secs = FALLBACK_SECS;
+    let ready = boot::encode(&Env::with_emergency(Some("demo-appliance")))?.to_vec();
+    let secondary = dir.join("secondary.raw");
+    let recovery = target_dir().join("recovery");
+    images::build_secondary(&SecondarySpec {
+        work: dir.join("work-secondary"),
+        output: secondary.clone(),
+        boot: menu,
+        recovery_kernel: recovery.join("vmlinuz"),
+        recovery_initrd: recovery.join("initrd.img"),
+        emergency_kernel: k.vmlinuz.clone(),
+        emergency_initrd,
+        env_a: Some(ready.clone()),
+        env_b: Some(ready),
+        recorded: Some(images::recorded_virtio(
+            (PRIMARY_SERIAL, primary_bytes),
+            (SECONDARY_SERIAL, images::secondary_bytes()),
+        )),
+    })?;
+    Ok(Pair {
+        primary,
+        primary_bytes,
+        secondary,
+    })
+}
+
+/// QEMU on this terminal: serial console and monitor on stdio (`-nographic`), the
+/// secondary first in the boot order, the primary slot as asked.
+fn qemu_args(dir: &Path, pair: &Pair, o: Options) -> Result<Vec<String>> {
+    let accel = qemu::accel::choose(&pair_kernel()?, &target_dir().join("vm"));
+    let mut a: Vec<String> = [
+        "-name",
+        "understudy-demo",
+        "-machine",
+        "pc",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nographic",
+        "-nic",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(accel.args().iter().map(|s| s.to_string()));
+    if o.uefi {
+        let (code, template) = OVMF_FILES
+            .iter()
+            .find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file())
+            .context("finding OVMF in /usr/share/OVMF (install the `ovmf` package)")?;
+        let vars = dir.join("ovmf-vars.fd");
+        fs::copy(template, &vars).with_context(|| format!("copying {template}"))?;
+        a.push("-drive".into());
+        a.push(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+        ));
+        a.push("-drive".into());
+        a.push(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+    }
+    let mut disks = Vec::new();
+    match o.primary {
+        PrimarySlot::Appliance => {
+            let mut d =
+                DiskSpec::virtio("primary", &pair.primary, ImageFormat::Raw, PRIMARY_SERIAL);
+            // OVMF connects only the disks in the boot order.
+            d.bootindex = Some(2);
+            disks.push(d);
+        }
+        PrimarySlot::Removed => {}
+        PrimarySlot::Blank => {
+            let blank = dir.join("replacement.raw");
+            let _ = fs::remove_file(&blank);
+            qemu::create_blank(&blank, pair.primary_bytes.0.div_ceil(MIB))?;
+            let mut d =
+                DiskSpec::virtio("replacement", blank, ImageFormat::Raw, REPLACEMENT_SERIAL);
+            d.bootindex = Some(2);
+            disks.push(d);
+        }
+    }
+    let mut sec = DiskSpec::virtio(
+        "secondary",
+        &pair.secondary,
+        ImageFormat::Raw,
+        SECONDARY_SERIAL,
+    );
+    sec.bootindex = Some(1);
+    disks.push(sec);
+    for d in &disks {
+        a.push("-blockdev".into());
+        a.push(d.blockdev().to_string());
+        a.push("-device".into());
+        a.push(d.device()?);
+    }
+    Ok(a)
+}
+
+/// The kernel the accelerator probe boots.
+fn pair_kernel() -> Result<PathBuf> {
+    let k = target_dir().join("recovery/vmlinuz");
+    if !k.is_file() {
+        bail!("{} is missing", k.display());
+    }
+    Ok(k)
+}
+
+/// `cargo xtask demo --archive`: what `./x demo` did before the bootable demo.
+fn archive_demo() -> Result<()> {
     let corpus = corpus::ensure()?;
     let (entries, bytes) = corpus::stats(&corpus)?;
 

@@ -5,8 +5,17 @@
 //! the BIOS boot partition, `boot.img` patched into the MBR as `grub-bios-setup` does)
 //! and for UEFI (`EFI/BOOT/BOOTX64.EFI` on the ESP).
 //!
+//! The recovery filesystem carries the label PID 1 looks for
+//! ([`understudy::init::recorded::RECOVERY_LABEL`]) and, when the spec records them,
+//! the disks' identities at [`understudy::init::recorded::DISKS_FILE`].
+//!
+//! Also a small primary disk for the demo and the boot tests ([`build_primary`]): GPT,
+//! an ext4 root filled from a tree, and GRUB (BIOS and UEFI) booting the kernel and
+//! initrd in that tree, so the secondary's "Primary disk" entry has something to
+//! chainload.
+//!
 //! Does not own: what GRUB's configuration says or the environment block format
-//! (`understudy::boot`), booting the images (`boottest.rs`).
+//! (`understudy::boot`), booting the images (`boottest.rs`, `demo.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use understudy::boot::{self, ENV_BLOCK_BYTES, SecondaryBoot};
+use understudy::disk::{Identity, Recorded};
+use understudy::init::recorded::{DISKS_FILE, RECOVERY_LABEL};
 use understudy::layout::{Bytes, Change, Geometry, Lba, MIB, PlannedPartition, SectorSize, Table};
 use understudy::layout::{PartitionPlan, Sectors};
 use uuid::Uuid;
@@ -34,6 +45,11 @@ pub const ESP_VOLUME_ID: &str = "5EC0-0002";
 pub const RECOVERY_UUID: &str = "5ec0a3d1-0003-4e5c-9a11-000000000003";
 pub const EMERGENCY_UUID: &str = "5ec0a3d1-0004-4e5c-9a11-000000000004";
 pub const IMAGES_UUID: &str = "5ec0a3d1-0005-4e5c-9a11-000000000005";
+
+/// Fixed identities of the test and demo primary.
+pub const PRIMARY_DISK_GUID: Uuid = Uuid::from_u128(0x9a1d0000_0000_4e5c_9a11_000000000000);
+pub const PRIMARY_ESP_VOLUME_ID: &str = "9A1D-0002";
+pub const PRIMARY_ROOT_UUID: &str = "9a1d0000-0003-4e5c-9a11-000000000003";
 
 /// Offsets in GRUB's i386-pc `boot.img` (include/grub/i386/pc/boot.h).
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
@@ -98,6 +114,30 @@ pub struct SecondarySpec {
     /// The two environment block copies' bytes (`None`: the file is left out).
     pub env_a: Option<Vec<u8>>,
     pub env_b: Option<Vec<u8>>,
+    /// Written as JSON to [`DISKS_FILE`] on the recovery filesystem (`None`: left out).
+    pub recorded: Option<Recorded>,
+}
+
+/// The size of every secondary this module builds (the partitions and 2 MiB for
+/// alignment and the GPT's copies): what the guest sees as the disk's size.
+pub fn secondary_bytes() -> Bytes {
+    Bytes(parts().iter().map(|p| p.size.0).sum::<u64>() + 2 * MIB)
+}
+
+/// The identities provision would record for a virtio primary and secondary with
+/// these serial numbers and sizes (virtio disks have no WWN or model).
+pub fn recorded_virtio(primary: (&str, Bytes), secondary: (&str, Bytes)) -> Recorded {
+    let identity = |(serial, size): (&str, Bytes)| Identity {
+        wwn: None,
+        serial: Some(serial.to_string()),
+        model: None,
+        size: understudy::disk::Bytes(size.0),
+        logical_sector: understudy::disk::Bytes(512),
+    };
+    Recorded {
+        primary: Some(identity(primary)),
+        secondary: Some(identity(secondary)),
+    }
 }
 
 /// The menu of a test secondary: no primary recorded, 3 s fallback.
@@ -118,15 +158,22 @@ pub fn test_boot() -> SecondaryBoot {
 
 /// The GPT of the secondary, partitions 1 MiB-aligned from 1 MiB.
 fn plan() -> Result<PartitionPlan> {
+    plan_of(&parts(), DISK_GUID, 0x5ec0a3d1_0000_4e5c_9a11_100000000000)
+}
+
+/// A GPT holding `parts` in order, 1 MiB-aligned from 1 MiB, with 1 MiB to spare at
+/// the end; partition `n`'s UUID is `part_uuid_base + n`.
+fn plan_of(layout: &[Part], disk_guid: Uuid, part_uuid_base: u128) -> Result<PartitionPlan> {
     let sector = SectorSize::B512;
-    let total: u64 = parts().iter().map(|p| p.size.0).sum::<u64>() + 2 * MIB;
-    let table = Table::Gpt {
-        disk_guid: DISK_GUID,
-    };
+    let total: u64 = layout
+        .iter()
+        .try_fold(2 * MIB, |acc, p| acc.checked_add(p.size.0))
+        .context("image size overflows")?;
+    let table = Table::Gpt { disk_guid };
     let geo = Geometry::new(&table, Bytes(total), sector).context("no GPT fits the image")?;
     let mut start = MIB;
     let mut partitions = Vec::new();
-    for (i, p) in parts().iter().enumerate() {
+    for (i, p) in layout.iter().enumerate() {
         let number = u32::try_from(i + 1)?;
         partitions.push(PlannedPartition {
             number,
@@ -134,9 +181,7 @@ fn plan() -> Result<PartitionPlan> {
             size_lba: p.size.to_sectors(sector).context("partition size")?,
             type_guid: Some(p.type_guid),
             mbr_type: None,
-            part_uuid: Some(Uuid::from_u128(
-                0x5ec0a3d1_0000_4e5c_9a11_100000000000 + u128::from(number),
-            )),
+            part_uuid: Some(Uuid::from_u128(part_uuid_base + u128::from(number))),
             name: p.name.to_string(),
             attributes: 0,
             was_bytes: p.size,
@@ -191,25 +236,7 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
         &efi,
     )?;
 
-    // ESP.
-    let esp = work.join("esp.fat");
-    let esp_part = part(2);
-    make_sized(&esp, esp_part.size_lba, plan.sector_size)?;
-    let volume_id = ESP_VOLUME_ID.replace('-', "");
-    Cmd::new("mkfs.fat")
-        .args(["-F", "32", "-s", "1", "-n", "US-ESP", "-i", &volume_id])
-        .arg(&esp)
-        .output()?;
-    let img = format!("-i{}", esp.display());
-    Cmd::new("mmd")
-        .args([&img, "::/EFI", "::/EFI/BOOT"])
-        .output()?;
-    Cmd::new("mcopy")
-        .arg(&img)
-        .arg(&efi)
-        .arg("::/EFI/BOOT/BOOTX64.EFI")
-        .output()?;
-    copy_in(&esp, out, esp_part, plan.sector_size)?;
+    esp(work, out, &plan, 2, ("US-ESP", ESP_VOLUME_ID), &efi)?;
 
     // Recovery: GRUB's configuration and environment, the recovery kernel and initrd.
     let rec = work.join("recovery-root");
@@ -240,12 +267,20 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
         &spec.recovery_initrd,
         &rec.join(boot::RECOVERY_INITRD_PATH.trim_start_matches('/')),
     )?;
+    if let Some(recorded) = &spec.recorded {
+        let file = rec.join(DISKS_FILE);
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(recorded).context("encoding the identities")?;
+        write(&file, json.as_bytes())?;
+    }
     ext4(
         work,
         out,
         &plan,
         3,
-        "US-RECOVERY",
+        RECOVERY_LABEL,
         &spec.boot.recovery_fs_uuid,
         Some(&rec),
     )?;
@@ -267,6 +302,141 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
 
     install_bios(out, &core, part(1), plan.sector_size)?;
     Ok(())
+}
+
+/// What goes on a test or demo primary.
+pub struct PrimarySpec {
+    /// Scratch space for the filesystems and GRUB images (created).
+    pub work: PathBuf,
+    pub output: PathBuf,
+    /// The root filesystem's contents, with the appliance's kernel and initrd at
+    /// `/boot/vmlinuz` and `/boot/initrd.img`; `/grub/grub.cfg` is written into it.
+    pub tree: PathBuf,
+    /// The root filesystem's size.
+    pub root: Bytes,
+    /// The GRUB menu entry's title and the kernel's command line after `root=`.
+    pub title: String,
+    pub cmdline: String,
+}
+
+/// Builds a primary: GPT with a BIOS boot partition, an ESP and an ext4 root
+/// (label `appliance-root`, UUID [`PRIMARY_ROOT_UUID`]), GRUB for BIOS and UEFI
+/// finding the root by its UUID and booting `/boot/vmlinuz` from it. Returns the
+/// disk's size.
+pub fn build_primary(spec: &PrimarySpec) -> Result<Bytes> {
+    crate::run::require(&["mke2fs", "mkfs.fat", "mcopy", "mmd", "grub-mkimage"])?;
+    let work = &spec.work;
+    if work.exists() {
+        fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let parts = [
+        Part {
+            name: "bios-boot",
+            type_guid: BIOS_BOOT,
+            size: Bytes(MIB),
+        },
+        Part {
+            name: "EFI system",
+            type_guid: EFI_SYSTEM,
+            // FAT32 needs 65525 clusters: 64 MiB of 512-byte ones.
+            size: Bytes(64 * MIB),
+        },
+        Part {
+            name: "appliance-root",
+            type_guid: LINUX_FS,
+            size: spec.root,
+        },
+    ];
+    let plan = plan_of(
+        &parts,
+        PRIMARY_DISK_GUID,
+        0x9a1d0000_0000_4e5c_9a11_100000000000,
+    )?;
+    let out = &spec.output;
+    let f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    f.set_len(plan.disk_bytes.0)
+        .with_context(|| format!("sizing {}", out.display()))?;
+    drop(f);
+    understudy::partition::write(out, &plan)?;
+
+    let early = work.join("early.cfg");
+    write(
+        &early,
+        boot::render_early_cfg(PRIMARY_ROOT_UUID)?.as_bytes(),
+    )?;
+    let core = work.join("core.img");
+    grub_mkimage("i386-pc", GRUB_PC_DIR, boot::GRUB_MODULES_PC, &early, &core)?;
+    let efi = work.join("BOOTX64.EFI");
+    grub_mkimage(
+        "x86_64-efi",
+        GRUB_EFI_DIR,
+        boot::GRUB_MODULES_EFI,
+        &early,
+        &efi,
+    )?;
+    esp(
+        work,
+        out,
+        &plan,
+        2,
+        ("APPL-ESP", PRIMARY_ESP_VOLUME_ID),
+        &efi,
+    )?;
+    let cfg = format!(
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
+         set timeout=2\nset default=0\n\
+         menuentry \"{title}\" {{\n  linux /boot/vmlinuz root=UUID={PRIMARY_ROOT_UUID} {cmdline}\n  initrd /boot/initrd.img\n}}\n",
+        title = spec.title,
+        cmdline = spec.cmdline,
+    );
+    let cfg_path = spec.tree.join("grub/grub.cfg");
+    if let Some(dir) = cfg_path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write(&cfg_path, cfg.as_bytes())?;
+    ext4(
+        work,
+        out,
+        &plan,
+        3,
+        "appliance-root",
+        PRIMARY_ROOT_UUID,
+        Some(&spec.tree),
+    )?;
+    install_bios(out, &core, &plan.partitions[0], plan.sector_size)?;
+    Ok(plan.disk_bytes)
+}
+
+/// A FAT32 ESP for partition `n` (label and volume id `XXXX-XXXX`) holding GRUB's
+/// `EFI/BOOT/BOOTX64.EFI`, copied into the image.
+fn esp(
+    work: &Path,
+    out: &Path,
+    plan: &PartitionPlan,
+    n: usize,
+    (label, volume_id): (&str, &str),
+    efi: &Path,
+) -> Result<()> {
+    let file = work.join(format!("{label}.fat"));
+    let p = &plan.partitions[n - 1];
+    make_sized(&file, p.size_lba, plan.sector_size)?;
+    let volume_id = volume_id.replace('-', "");
+    Cmd::new("mkfs.fat")
+        .args(["-F", "32", "-s", "1", "-n", label, "-i", &volume_id])
+        .arg(&file)
+        .output()
+        .with_context(|| format!("making the {label} filesystem"))?;
+    let img = format!("-i{}", file.display());
+    Cmd::new("mmd")
+        .args([&img, "::/EFI", "::/EFI/BOOT"])
+        .output()?;
+    Cmd::new("mcopy")
+        .arg(&img)
+        .arg(efi)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .output()?;
+    copy_in(&file, out, p, plan.sector_size)
 }
 
 fn grub_mkimage(format: &str, dir: &str, extra: &[&str], early: &Path, out: &Path) -> Result<()> {

@@ -21,7 +21,9 @@ commands:
   corpus                    build (if missing) the debootstrap tree; print its path
   bench [--runs N] [--quick]  time understudy against tar+lzop on the corpus
   test                      fmt check, clippy -D warnings, cargo test (what CI runs)
-  demo                      archive round trip on the corpus, with a summary
+  demo [--no-primary|--blank-primary] [--uefi]
+                            boot the demo appliance pair in QEMU on this terminal
+  demo --archive            archive round trip on the corpus, with a summary
   vm [SCENARIO...]          boot the QEMU harness's proof scenarios (--list names them)
   compare A B               check two trees match (contents, modes, owners, links)
   kernel                    fetch and unpack Debian's kernel into target/kernel/; print its paths
