@@ -106,18 +106,33 @@ impl Consoles {
     /// One key from the console, or `None` if none came within `timeout` (or a
     /// signal arrived: the caller's loop then looks at it).
     pub fn read_key(&self, timeout: Duration) -> Option<u8> {
-        let stdin = io::stdin();
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => {
-                let mut b = [0u8; 1];
-                match nix::unistd::read(&stdin, &mut b) {
-                    Ok(1) => Some(b[0]),
-                    _ => None,
+        read_key_from(io::stdin(), timeout)
+    }
+}
+
+/// One byte from `stdin` within `timeout`; see [`Consoles::read_key`].
+fn read_key_from(stdin: impl AsFd, timeout: Duration) -> Option<u8> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(n) if n > 0 => {
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&stdin, &mut b) {
+                Ok(1) => Some(b[0]),
+                Err(nix::errno::Errno::EINTR) => None,
+                // End of input, a hang-up or a dead console: poll reports it at
+                // once every time, so without this wait the menu loop would spin
+                // a core forever (it did, when a test ran `/init` with no console).
+                _ => {
+                    std::thread::sleep(timeout);
+                    None
                 }
             }
-            _ => None,
+        }
+        Ok(_) | Err(nix::errno::Errno::EINTR) => None,
+        Err(_) => {
+            std::thread::sleep(timeout);
+            None
         }
     }
 }
@@ -137,6 +152,30 @@ fn reopen_stdio() {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_closed_console_waits_instead_of_spinning() {
+        let (r, w) = std::io::pipe().unwrap();
+        drop(w); // end of input: poll says readable, read returns 0, every time
+        let t = Duration::from_millis(100);
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(read_key_from(&r, t), None);
+        }
+        // Three calls cannot take less than three timeouts: a sleep never ends early.
+        assert!(
+            start.elapsed() >= 3 * t,
+            "returned at once: the menu loop would spin"
+        );
+    }
+
+    #[test]
+    fn a_key_is_read() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut w, b"p").unwrap();
+        assert_eq!(read_key_from(&r, Duration::from_millis(100)), Some(b'p'));
+    }
+
     use super::*;
 
     #[test]
