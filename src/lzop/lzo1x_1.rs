@@ -107,21 +107,7 @@ impl Compressor {
                         dst[dp..dp + 16].copy_from_slice(&src[ii..ii + 16]);
                         dp += t;
                     } else {
-                        if t <= 18 {
-                            dst[dp] = t as u8 - 3;
-                            dp += 1;
-                        } else {
-                            let mut tt = t - 18;
-                            dst[dp] = 0;
-                            dp += 1;
-                            while tt > 255 {
-                                tt -= 255;
-                                dst[dp] = 0;
-                                dp += 1;
-                            }
-                            dst[dp] = tt as u8;
-                            dp += 1;
-                        }
+                        dp = put_literal_len(dst, dp, t);
                         dst[dp..dp + t].copy_from_slice(&src[ii..ii + t]);
                         dp += t;
                     }
@@ -155,13 +141,7 @@ impl Compressor {
                         m_len -= M3_MAX_LEN;
                         dst[dp] = M3_MARKER as u8;
                         dp += 1;
-                        while m_len > 255 {
-                            m_len -= 255;
-                            dst[dp] = 0;
-                            dp += 1;
-                        }
-                        dst[dp] = m_len as u8;
-                        dp += 1;
+                        dp = put_count(dst, dp, m_len);
                     }
                     dst[dp] = (m_off << 2) as u8;
                     dst[dp + 1] = (m_off >> 6) as u8;
@@ -175,13 +155,7 @@ impl Compressor {
                         m_len -= M4_MAX_LEN;
                         dst[dp] = (M4_MARKER | ((m_off >> 11) & 8)) as u8;
                         dp += 1;
-                        while m_len > 255 {
-                            m_len -= 255;
-                            dst[dp] = 0;
-                            dp += 1;
-                        }
-                        dst[dp] = m_len as u8;
-                        dp += 1;
+                        dp = put_count(dst, dp, m_len);
                     }
                     dst[dp] = (m_off << 2) as u8;
                     dst[dp + 1] = (m_off >> 6) as u8;
@@ -200,20 +174,8 @@ impl Compressor {
                 dp += 1;
             } else if t <= 3 {
                 dst[dp - 2] |= t as u8;
-            } else if t <= 18 {
-                dst[dp] = t as u8 - 3;
-                dp += 1;
             } else {
-                let mut tt = t - 18;
-                dst[dp] = 0;
-                dp += 1;
-                while tt > 255 {
-                    tt -= 255;
-                    dst[dp] = 0;
-                    dp += 1;
-                }
-                dst[dp] = tt as u8;
-                dp += 1;
+                dp = put_literal_len(dst, dp, t);
             }
             dst[dp..dp + t].copy_from_slice(&src[ii..ii + t]);
             dp += t;
@@ -222,6 +184,32 @@ impl Compressor {
         dst[dp + 1] = 0;
         dst[dp + 2] = 0;
         dp + 3
+    }
+}
+
+/// A length too long for its opcode's bits, LZO style: a zero byte for every 255,
+/// then the remainder (never zero: callers only get here with a positive count).
+#[inline(always)]
+fn put_count(dst: &mut [u8], mut dp: usize, mut n: usize) -> usize {
+    while n > 255 {
+        n -= 255;
+        dst[dp] = 0;
+        dp += 1;
+    }
+    dst[dp] = n as u8;
+    dp + 1
+}
+
+/// The header of a literal run of `t` > 3 bytes: `t - 3` in one byte up to 18, else a
+/// zero byte and the rest as a count.
+#[inline(always)]
+fn put_literal_len(dst: &mut [u8], dp: usize, t: usize) -> usize {
+    if t <= 18 {
+        dst[dp] = t as u8 - 3;
+        dp + 1
+    } else {
+        dst[dp] = 0;
+        put_count(dst, dp + 1, t - 18)
     }
 }
 
