@@ -39,7 +39,7 @@ enum Command {
     /// Build the recovery initramfs (our binary as /init, modules, tools)
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
-    /// Plan how a captured disk layout fits onto a target disk
+    /// Capture a disk's layout, or plan how a captured layout fits onto a target disk
     #[command(subcommand)]
     Layout(LayoutCommand),
     /// List disks, partitions, filesystems, LVM, mounts and swap, and why a disk cannot be read
@@ -52,6 +52,20 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LayoutCommand {
+    /// Capture a disk's layout: table, partitions, filesystems, LVM, swap, used bytes
+    #[command(after_help = "\
+Reads the disk inventory, /etc/fstab and statvfs of the mounted filesystems. The JSON form
+is the layout document of docs/layout.md (schema 1), as `layout plan` reads it.
+
+Example:
+  understudy layout capture /dev/vda --json > layout.json")]
+    Capture {
+        /// The disk (`/dev/vda`, or a /dev/disk/by-id link)
+        disk: PathBuf,
+        /// Print the layout document as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Fit a layout onto a disk of another size: print the partition plan, or why not
     #[command(after_help = "\
 LAYOUT is a layout document (JSON, schema 1, as in an image manifest; see docs/layout.md).
@@ -256,6 +270,15 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&report)
             } else {
                 print!("{report}");
+                Ok(())
+            }
+        }
+        Command::Layout(LayoutCommand::Capture { disk, json }) => {
+            let layout = crate::layout::capture_live(&disk)?;
+            if json {
+                print_json(&layout)
+            } else {
+                print!("{layout}");
                 Ok(())
             }
         }

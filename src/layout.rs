@@ -5,7 +5,9 @@
 //! Owns: the layout schema, the units of disk geometry ([`Bytes`], [`Lba`], [`Sectors`],
 //! [`SectorSize`]), the GPT/MBR reserved areas, 1 MiB alignment, the headroom rule for
 //! shrinking, and which partition and logical volume grow.
-//! Does not own: reading a layout from a live system (the disk inventory), writing a
+//! Also owns [`capture`]: turning the disk inventory, fstab and measured used bytes
+//! into a layout (pure), with [`capture_live`] as its thin executor.
+//! Does not own: reading disks, LVM and mounts (the disk inventory), writing a
 //! partition table (`partition`), creating LVM or filesystems (the restore engine).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,6 +340,67 @@ impl Layout {
     pub fn to_json_pretty(&self) -> String {
         // A layout is plain data: serializing it cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Layout {
+    /// A summary for people: the table, one line per partition, filesystem, LV and swap.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.disk.logical_sector;
+        let table = match self.table {
+            Table::Gpt { disk_guid } => format!("GPT, disk GUID {disk_guid}"),
+            Table::Mbr { disk_id } => format!("MBR, disk id 0x{disk_id:08x}"),
+            Table::None => "no partition table".into(),
+        };
+        writeln!(
+            f,
+            "{table}; {} ({} bytes, {s}-byte sectors)",
+            self.disk.size_bytes, self.disk.size_bytes.0
+        )?;
+        for p in &self.partitions {
+            let size = p.size_lba.bytes(s).unwrap_or_default();
+            let kind = match (p.type_guid, p.mbr_type) {
+                (Some(g), _) => g.to_string(),
+                (None, Some(t)) => format!("0x{t:02x}"),
+                (None, None) => String::new(),
+            };
+            let grow = if p.growable { "  growable" } else { "" };
+            writeln!(
+                f,
+                "partition {}: start {} size {} ({size}) type {kind} {:?}{grow}",
+                p.number, p.start_lba.0, p.size_lba.0, p.name
+            )?;
+        }
+        for fs in &self.filesystems {
+            writeln!(
+                f,
+                "{} on {}: uuid {} label {} used {} mounted at {}",
+                fs.fstype,
+                fs.source,
+                fs.uuid.as_deref().unwrap_or("-"),
+                fs.label.as_deref().unwrap_or("-"),
+                fs.used_bytes,
+                fs.mountpoint.as_deref().unwrap_or("-")
+            )?;
+        }
+        for vg in &self.lvm.vgs {
+            let pvs: Vec<String> = vg.pvs.iter().map(|p| p.partition.to_string()).collect();
+            writeln!(
+                f,
+                "VG {} on partition {} (extents of {})",
+                vg.name,
+                pvs.join(", "),
+                vg.extent_size
+            )?;
+        }
+        for lv in &self.lvm.lvs {
+            let grow = if lv.growable { "  growable" } else { "" };
+            writeln!(f, "LV {}/{}: {}{grow}", lv.vg, lv.name, lv.size_bytes)?;
+        }
+        for sw in &self.swap {
+            writeln!(f, "swap on {}: {}", sw.source, sw.size_bytes)?;
+        }
+        Ok(())
     }
 }
 
@@ -837,6 +900,20 @@ fn growable_partitions(layout: &Layout) -> Vec<u32> {
         .collect()
 }
 
+/// The LV of `vg` that grows when none is marked: the largest LV holding a
+/// filesystem (the first listed among equals), as an index into `layout.lvm.lvs`.
+fn default_growable_lv(layout: &Layout, vg: &str) -> Option<usize> {
+    let lvs = &layout.lvm.lvs;
+    (0..lvs.len())
+        .filter(|&i| lvs[i].vg == vg)
+        .filter(|&i| {
+            layout.filesystems.iter().any(|f| {
+                matches!(&f.source, Source::Lv { vg, name } if *vg == lvs[i].vg && *name == lvs[i].name)
+            })
+        })
+        .max_by_key(|&i| (lvs[i].size_bytes, std::cmp::Reverse(i)))
+}
+
 /// LV sizes for the new PV sizes: each VG gains or loses what its PVs gained or lost,
 /// in whole extents; the growable LVs take the gain; a loss is taken from the VG's free
 /// extents, then from growable LVs, then the others with the most slack.
@@ -869,16 +946,10 @@ fn plan_lvs(
         let min_ext: Vec<u64> = lvs.iter().map(|l| lv_min(&mins, l).div_ceil(ext)).collect();
         let mut growers: Vec<usize> = (0..lvs.len()).filter(|&i| lvs[i].growable).collect();
         if growers.is_empty() {
-            // The LV holding the largest filesystem.
-            growers.extend(
-                (0..lvs.len())
-                    .filter(|&i| {
-                        layout.filesystems.iter().any(|f| {
-                            matches!(&f.source, Source::Lv { vg, name } if *vg == lvs[i].vg && *name == lvs[i].name)
-                        })
-                    })
-                    .max_by_key(|&i| (lvs[i].size_bytes, std::cmp::Reverse(i))),
-            );
+            growers.extend(default_growable_lv(layout, &vg.name).and_then(|g| {
+                lvs.iter()
+                    .position(|l| std::ptr::eq(*l, &layout.lvm.lvs[g]))
+            }));
         }
         if new_cap >= old_cap {
             if !growers.is_empty() {
@@ -1213,6 +1284,372 @@ pub fn parse_size(text: &str) -> Result<Bytes, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Why a disk's layout cannot be captured. The console and the image writer branch on
+/// `NoSuchDisk` and `Unreadable` (a disk that is gone or damaged is not imaged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaptureError {
+    #[error("no disk named {0} in the inventory")]
+    NoSuchDisk(String),
+    #[error("disk {disk} cannot be captured: {state}")]
+    Unreadable {
+        disk: String,
+        state: crate::disk::Readability,
+    },
+    #[error("disk {disk}: {reason}")]
+    Unsupported { disk: String, reason: String },
+}
+
+/// The layout of disk `disk` (kernel name `vda` or path `/dev/vda`) in `inv`, as the
+/// planner reads it. Pure: the caller measures the world.
+///
+/// * Partitions come from the table on the disk (libblkid), in bytes converted to
+///   the disk's logical sectors; MBR type bytes and GPT type GUIDs, PARTUUIDs and names.
+///   GPT attribute bits and an MBR active flag are not in the inventory: they are 0.
+/// * Filesystems and swap areas are the signatures on partitions, on the whole disk,
+///   and on the LVs of the VGs that have a PV on this disk. A filesystem's mount point
+///   and options come from the `fstab` entry naming it (`UUID=`, `LABEL=`,
+///   `PARTUUID=`, `PARTLABEL=`, `/dev/…`, `/dev/disk/by-*/…`), else from where it is
+///   mounted now (options then empty).
+/// * `used` maps a mount point, or a filesystem UUID, to the bytes in use
+///   (statvfs). A filesystem with no entry is recorded as full (its container's size),
+///   so the planner never shrinks what was not measured.
+/// * LVM: VGs with a PV on a partition of this disk, only those PVs, and their LVs
+///   except snapshots and LVs with no extents here. `pe_start` is LVM's default 1 MiB
+///   (the inventory's `pvs` report does not ask for it).
+/// * Growable: the partition and, in each VG, the LV that [`plan`] grows by default
+///   (the largest PV, else the partition holding the largest filesystem; the largest LV
+///   holding a filesystem), so the document says what will happen.
+pub fn capture(
+    inv: &crate::disk::Inventory,
+    disk: &str,
+    fstab: &crate::fstab::Fstab,
+    used: &BTreeMap<String, u64>,
+) -> Result<Layout, CaptureError> {
+    use crate::disk::{Readability, Signature};
+    let name = disk.strip_prefix("/dev/").unwrap_or(disk);
+    let d = inv
+        .disk(name)
+        .ok_or_else(|| CaptureError::NoSuchDisk(disk.to_string()))?;
+    let unsupported = |reason: String| CaptureError::Unsupported {
+        disk: d.name.clone(),
+        reason,
+    };
+    if d.state != Readability::Readable {
+        return Err(CaptureError::Unreadable {
+            disk: d.name.clone(),
+            state: d.state.clone(),
+        });
+    }
+    let sector = SectorSize::try_from(d.logical_sector.0).map_err(unsupported)?;
+    let physical_sector = u32::try_from(d.physical_sector.0)
+        .map_err(|_| unsupported(format!("physical sector size {}", d.physical_sector.0)))?;
+    let table = match &d.table {
+        None => Table::None,
+        Some(t) => match (t.kind.as_str(), t.id.as_deref()) {
+            ("gpt", Some(id)) => Table::Gpt {
+                disk_guid: Uuid::parse_str(id)
+                    .map_err(|_| unsupported(format!("GPT disk GUID {id:?}")))?,
+            },
+            ("dos", id) => Table::Mbr {
+                disk_id: id
+                    .and_then(|id| u32::from_str_radix(id.trim_start_matches("0x"), 16).ok())
+                    .unwrap_or(0),
+            },
+            (kind, _) => return Err(unsupported(format!("a partition table of type {kind}"))),
+        },
+    };
+    let gpt = matches!(table, Table::Gpt { .. });
+
+    let mut partitions = Vec::new();
+    for p in &d.partitions {
+        let lba = |b: crate::disk::Bytes, what: &str| {
+            Bytes(b.0).to_sectors(sector).ok_or_else(|| {
+                unsupported(format!(
+                    "partition {}'s {what} ({} bytes) is not a whole number of {sector}-byte sectors",
+                    p.number, b.0
+                ))
+            })
+        };
+        let type_text = p.type_guid.as_deref().ok_or_else(|| {
+            unsupported(format!(
+                "partition {} is known to the kernel but not in the table on the disk",
+                p.number
+            ))
+        })?;
+        let (type_guid, mbr_type) = if gpt {
+            let g = Uuid::parse_str(type_text)
+                .map_err(|_| unsupported(format!("partition {}'s type {type_text:?}", p.number)))?;
+            (Some(g), None)
+        } else {
+            let t = u8::from_str_radix(type_text.trim_start_matches("0x"), 16)
+                .map_err(|_| unsupported(format!("partition {}'s type {type_text:?}", p.number)))?;
+            (None, Some(t))
+        };
+        partitions.push(Partition {
+            number: p.number,
+            start_lba: Lba(lba(p.start, "start")?.0),
+            size_lba: lba(p.size, "size")?,
+            type_guid,
+            mbr_type,
+            part_uuid: if gpt {
+                p.uuid.as_deref().and_then(|u| Uuid::parse_str(u).ok())
+            } else {
+                None
+            },
+            name: p.name.clone().unwrap_or_default(),
+            attributes: 0,
+            growable: false,
+        });
+    }
+
+    // Every volume on this disk: where it is, what it is, how big, by which paths.
+    struct Volume<'a> {
+        source: Source,
+        sig: &'a Signature,
+        size: u64,
+        paths: Vec<String>,
+        part_uuid: Option<&'a str>,
+        part_name: Option<&'a str>,
+        mounts: &'a [std::path::PathBuf],
+    }
+    let path_text = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let mut volumes = Vec::new();
+    if let Some(sig) = &d.signature {
+        volumes.push(Volume {
+            source: Source::Disk,
+            sig,
+            size: d.size.0,
+            paths: vec![d.path.display().to_string()],
+            part_uuid: None,
+            part_name: None,
+            mounts: &d.usage.mounts,
+        });
+    }
+    for p in &d.partitions {
+        if let Some(sig) = &p.signature {
+            volumes.push(Volume {
+                source: Source::Partition(p.number),
+                sig,
+                size: p.size.0,
+                paths: path_text(&p.path).into_iter().collect(),
+                part_uuid: p.uuid.as_deref(),
+                part_name: p.name.as_deref(),
+                mounts: &p.usage.mounts,
+            });
+        }
+    }
+
+    // LVM: the PVs on this disk's partitions, their VGs, and those VGs' LVs.
+    let mut lvm = Lvm::default();
+    if let crate::disk::LvmStatus::Found(found) = &inv.lvm {
+        let local = |path: &std::path::Path| {
+            d.partitions
+                .iter()
+                .find(|p| p.path.as_deref() == Some(path))
+                .map(|p| p.number)
+        };
+        if found.pvs.iter().any(|pv| pv.path == d.path) {
+            return Err(unsupported(
+                "an LVM PV on the whole disk (the layout lists PVs by partition)".into(),
+            ));
+        }
+        for vg in &found.vgs {
+            let pvs: Vec<Pv> = found
+                .pvs
+                .iter()
+                .filter(|pv| pv.vg.as_deref() == Some(vg.name.as_str()))
+                .filter_map(|pv| {
+                    Some(Pv {
+                        partition: local(&pv.path)?,
+                        uuid: pv.uuid.clone(),
+                        pe_start: default_pe_start(),
+                    })
+                })
+                .collect();
+            if pvs.is_empty() {
+                continue;
+            }
+            for lv in found.lvs.iter().filter(|lv| lv.vg == vg.name) {
+                let snapshot = lv.origin.is_some() || lv.attr.starts_with(['s', 'S']);
+                let here = lv.devices.is_empty() || lv.devices.iter().any(|p| local(p).is_some());
+                if snapshot || !here {
+                    continue;
+                }
+                lvm.lvs.push(Lv {
+                    vg: lv.vg.clone(),
+                    name: lv.name.clone(),
+                    uuid: lv.uuid.clone(),
+                    size_bytes: Bytes(lv.size.0),
+                    growable: false,
+                });
+                if let Some(sig) = &lv.signature {
+                    volumes.push(Volume {
+                        source: Source::Lv {
+                            vg: lv.vg.clone(),
+                            name: lv.name.clone(),
+                        },
+                        sig,
+                        size: lv.size.0,
+                        paths: [path_text(&lv.path), path_text(&lv.dm_path)]
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                        part_uuid: None,
+                        part_name: None,
+                        mounts: &lv.usage.mounts,
+                    });
+                }
+            }
+            lvm.vgs.push(Vg {
+                name: vg.name.clone(),
+                uuid: vg.uuid.clone(),
+                pvs,
+                extent_size: Bytes(vg.extent_size.0),
+            });
+        }
+    }
+
+    let mut filesystems = Vec::new();
+    let mut swap = Vec::new();
+    for v in &volumes {
+        match v.sig.kind.as_str() {
+            "swap" => swap.push(Swap {
+                source: v.source.clone(),
+                uuid: v.sig.uuid.clone(),
+                label: v.sig.label.clone(),
+                size_bytes: Bytes(v.size),
+            }),
+            _ if v.sig.usage.as_deref() == Some("filesystem") => {
+                let entry = fstab
+                    .entries()
+                    .map(|(_, e)| e)
+                    .find(|e| names_volume(&e.source(), v.sig, v.part_uuid, v.part_name, &v.paths));
+                let mountpoint = entry.map(|e| e.target()).or_else(|| {
+                    v.mounts
+                        .iter()
+                        .min_by_key(|m| m.as_os_str().len())
+                        .map(|m| m.display().to_string())
+                });
+                let mount_options = entry
+                    .map(|e| e.options().split(',').map(str::to_string).collect())
+                    .unwrap_or_default();
+                let measured = mountpoint
+                    .as_ref()
+                    .and_then(|m| used.get(m))
+                    .or_else(|| v.sig.uuid.as_ref().and_then(|u| used.get(u)));
+                filesystems.push(Filesystem {
+                    source: v.source.clone(),
+                    fstype: v.sig.kind.clone(),
+                    uuid: v.sig.uuid.clone(),
+                    label: v.sig.label.clone(),
+                    used_bytes: Bytes(measured.copied().unwrap_or(v.size)),
+                    mountpoint,
+                    mount_options,
+                });
+            }
+            // PVs are in `lvm`; LUKS and RAID members are not laid out by us.
+            _ => {}
+        }
+    }
+
+    let mut layout = Layout {
+        schema: SCHEMA,
+        table,
+        disk: Disk {
+            size_bytes: Bytes(d.size.0),
+            logical_sector: sector,
+            physical_sector,
+        },
+        partitions,
+        filesystems,
+        lvm,
+        swap,
+    };
+    for n in growable_partitions(&layout) {
+        if let Some(p) = layout.partitions.iter_mut().find(|p| p.number == n) {
+            p.growable = true;
+        }
+    }
+    for vg in layout
+        .lvm
+        .vgs
+        .iter()
+        .map(|v| v.name.clone())
+        .collect::<Vec<_>>()
+    {
+        if let Some(i) = default_growable_lv(&layout, &vg) {
+            layout.lvm.lvs[i].growable = true;
+        }
+    }
+    Ok(layout)
+}
+
+/// Whether an fstab source names this volume.
+fn names_volume(
+    spec: &crate::fstab::Spec,
+    sig: &crate::disk::Signature,
+    part_uuid: Option<&str>,
+    part_name: Option<&str>,
+    paths: &[String],
+) -> bool {
+    use crate::fstab::Spec;
+    let same = |a: Option<&str>, b: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(b));
+    match spec {
+        Spec::Uuid(u) => same(sig.uuid.as_deref(), u),
+        Spec::PartUuid(u) => same(part_uuid, u),
+        Spec::Label(l) => sig.label.as_deref() == Some(l.as_str()),
+        Spec::PartLabel(l) => part_name == Some(l.as_str()),
+        Spec::Path(p) => {
+            let p = crate::fstab::clean_path(p);
+            let by = |dir: &str| p.strip_prefix(dir).map(crate::fstab::unescape);
+            if let Some(u) = by("/dev/disk/by-uuid/") {
+                same(sig.uuid.as_deref(), &u)
+            } else if let Some(l) = by("/dev/disk/by-label/") {
+                sig.label.as_deref() == Some(l.as_str())
+            } else if let Some(u) = by("/dev/disk/by-partuuid/") {
+                same(part_uuid, &u)
+            } else if let Some(l) = by("/dev/disk/by-partlabel/") {
+                part_name == Some(l.as_str())
+            } else {
+                paths.iter().any(|q| crate::fstab::clean_path(q) == p)
+            }
+        }
+        Spec::Id(_) | Spec::Other(_) => false,
+    }
+}
+
+/// Capture the layout of the disk at `disk_path` on the running system: the
+/// inventory, `/etc/fstab` (none is an empty one) and statvfs of every mounted
+/// block-device filesystem, then [`capture`].
+pub fn capture_live(disk_path: &Path) -> Result<Layout> {
+    let real = std::fs::canonicalize(disk_path)
+        .with_context(|| format!("resolving disk path {}", disk_path.display()))?;
+    let name = real
+        .file_name()
+        .with_context(|| format!("{} is not a disk", real.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let inv = crate::disk::inventory(&crate::disk::Sources::system());
+    let fstab = match std::fs::read_to_string("/etc/fstab") {
+        Ok(text) => crate::fstab::Fstab::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::fstab::Fstab::parse(""),
+        Err(e) => return Err(e).context("reading /etc/fstab"),
+    };
+    let mut used = BTreeMap::new();
+    for m in &inv.mounts {
+        let st = nix::sys::statvfs::statvfs(&m.mount_point)
+            .with_context(|| format!("statvfs on {}", m.mount_point.display()))?;
+        // fsblkcnt_t and c_ulong are u64 on the x86_64 target.
+        let bytes = st
+            .blocks()
+            .saturating_sub(st.blocks_free())
+            .checked_mul(st.fragment_size())
+            .with_context(|| format!("used bytes of {} overflow", m.mount_point.display()))?;
+        used.insert(m.mount_point.display().to_string(), bytes);
+    }
+    Ok(capture(&inv, &name, &fstab, &used)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1275,5 +1712,740 @@ mod tests {
             SectorSize::B4096
         );
         assert!(serde_json::from_str::<SectorSize>("1024").is_err());
+    }
+
+    /// Hand-built inventories for [`capture`]: one disk `vda`, and LVM when given.
+    mod captured {
+        use super::super::*;
+        use crate::disk::{self, Readability};
+
+        const GIB: u64 = 1 << 30;
+        pub const BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
+        pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+        pub const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+        pub const LINUX_LVM: &str = "e6d6d379-f507-44c2-a23c-238f2a3df928";
+
+        pub fn sig(kind: &str, uuid: &str, label: Option<&str>) -> disk::Signature {
+            disk::Signature {
+                kind: kind.into(),
+                usage: Some(
+                    match kind {
+                        "swap" | "LVM2_member" => "other",
+                        _ => "filesystem",
+                    }
+                    .into(),
+                ),
+                uuid: Some(uuid.into()),
+                label: label.map(Into::into),
+                version: None,
+                bad_checksum: false,
+            }
+        }
+
+        fn usage(mounts: &[&str]) -> disk::Usage {
+            disk::Usage {
+                mounts: mounts.iter().map(Into::into).collect(),
+                ..disk::Usage::default()
+            }
+        }
+
+        /// Builds the inventory of one machine for a logical sector size.
+        pub type Make = fn(u64) -> disk::Inventory;
+
+        /// (start MiB, size MiB, type, name, signature, live mounts)
+        pub type Part = (
+            u64,
+            u64,
+            &'static str,
+            &'static str,
+            Option<disk::Signature>,
+            &'static [&'static str],
+        );
+
+        pub fn inventory(
+            size: u64,
+            sector: u64,
+            table: Option<(&str, &str)>,
+            whole: Option<(disk::Signature, &'static [&'static str])>,
+            parts: Vec<Part>,
+            lvm: disk::LvmStatus,
+        ) -> disk::Inventory {
+            let partitions = parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, (start, len, ty, name, signature, mounts))| {
+                    let number = u32::try_from(i + 1).unwrap();
+                    disk::Partition {
+                        number,
+                        device: Some(format!("vda{number}")),
+                        path: Some(format!("/dev/vda{number}").into()),
+                        start: disk::Bytes(start * MIB),
+                        size: disk::Bytes(len * MIB),
+                        type_guid: Some(ty.into()),
+                        uuid: Some(if ty.starts_with("0x") {
+                            format!("1234abcd-{number:02}")
+                        } else {
+                            format!("00000000-0000-4000-8000-0000000000{number:02}")
+                        }),
+                        name: (!name.is_empty()).then(|| name.into()),
+                        extended: false,
+                        signature,
+                        error: None,
+                        usage: usage(mounts),
+                    }
+                })
+                .collect();
+            let (signature, whole_mounts) = match whole {
+                Some((s, m)) => (Some(s), m),
+                None => (None, &[][..]),
+            };
+            disk::Inventory {
+                disks: vec![disk::Disk {
+                    name: "vda".into(),
+                    path: "/dev/vda".into(),
+                    devno: None,
+                    model: None,
+                    vendor: None,
+                    serial: Some("primary".into()),
+                    wwn: None,
+                    size: disk::Bytes(size),
+                    logical_sector: disk::Bytes(sector),
+                    physical_sector: disk::Bytes(4096),
+                    removable: false,
+                    read_only: false,
+                    transport: disk::Transport::Virtio,
+                    identity: disk::Identity {
+                        wwn: None,
+                        serial: Some("primary".into()),
+                        model: None,
+                        size: disk::Bytes(size),
+                        logical_sector: disk::Bytes(sector),
+                    },
+                    state: Readability::Readable,
+                    table: table.map(|(kind, id)| disk::PartitionTable {
+                        kind: kind.into(),
+                        id: Some(id.into()),
+                    }),
+                    signature,
+                    partitions,
+                    usage: usage(whole_mounts),
+                }],
+                lvm,
+                mounts: Vec::new(),
+                swaps: Vec::new(),
+                problems: Vec::new(),
+            }
+        }
+
+        fn lv(
+            name: &str,
+            size: u64,
+            attr: &str,
+            origin: Option<&str>,
+            sig: Option<disk::Signature>,
+            mounts: &[&str],
+        ) -> disk::Lv {
+            disk::Lv {
+                name: name.into(),
+                vg: "vg0".into(),
+                uuid: format!("{name}-lv-uuid"),
+                size: disk::Bytes(size),
+                path: Some(format!("/dev/vg0/{name}").into()),
+                dm_path: Some(format!("/dev/mapper/vg0-{name}").into()),
+                attr: attr.into(),
+                origin: origin.map(Into::into),
+                segtypes: vec!["linear".into()],
+                devices: vec!["/dev/vda4".into()],
+                device: None,
+                signature: sig,
+                error: None,
+                usage: usage(mounts),
+            }
+        }
+
+        /// vg0 on /dev/vda4 (and a COW PV on the secondary): root (ext4), swap_1, and a
+        /// snapshot of root whose extents are on the secondary.
+        pub fn vg0() -> disk::LvmStatus {
+            let pv = |path: &str, uuid: &str| disk::Pv {
+                path: path.into(),
+                uuid: uuid.into(),
+                vg: Some("vg0".into()),
+                size: disk::Bytes(10 * GIB),
+                free: disk::Bytes(0),
+                dev_size: disk::Bytes(10 * GIB),
+                attr: "a--".into(),
+            };
+            let mut snap = lv("root-snap", GIB, "swi-a-s---", Some("root"), None, &[]);
+            snap.devices = vec!["/dev/vdb6".into()];
+            disk::LvmStatus::Found(disk::Lvm {
+                pvs: vec![
+                    pv("/dev/vda4", "pv-vda4-uuid"),
+                    pv("/dev/vdb6", "pv-cow-uuid"),
+                ],
+                vgs: vec![disk::Vg {
+                    name: "vg0".into(),
+                    uuid: "vg0-uuid".into(),
+                    size: disk::Bytes(20 * GIB),
+                    free: disk::Bytes(GIB),
+                    extent_size: disk::Bytes(4 * MIB),
+                    pv_count: 2,
+                    lv_count: 3,
+                    attr: "wz--n-".into(),
+                }],
+                lvs: vec![
+                    lv(
+                        "root",
+                        8 * GIB,
+                        "owi-aos---",
+                        None,
+                        Some(sig("ext4", "root-fs-uuid", None)),
+                        &["/"],
+                    ),
+                    lv(
+                        "swap_1",
+                        2 * GIB,
+                        "-wi-ao----",
+                        None,
+                        Some(sig("swap", "swap-uuid", None)),
+                        &[],
+                    ),
+                    snap,
+                ],
+            })
+        }
+
+        /// GPT: BIOS boot, ESP, /boot, an LVM PV to the end of a 20 GiB disk.
+        pub fn gpt_lvm(sector: u64) -> disk::Inventory {
+            inventory(
+                20 * GIB,
+                sector,
+                Some(("gpt", "8c2f4e7a-51d3-4b6e-9a0f-2d7c6b5e4a31")),
+                None,
+                vec![
+                    (1, 1, BIOS_BOOT, "bios", None, &[]),
+                    (
+                        2,
+                        512,
+                        ESP,
+                        "esp",
+                        Some(sig("vfat", "5A1B-2C3D", Some("EFI"))),
+                        &["/boot/efi"],
+                    ),
+                    (
+                        514,
+                        1024,
+                        LINUX,
+                        "boot",
+                        Some(sig("ext4", "boot-fs-uuid", Some("boot"))),
+                        &["/boot"],
+                    ),
+                    (
+                        1538,
+                        20 * 1024 - 1538 - 1,
+                        LINUX_LVM,
+                        "lvm",
+                        Some(sig("LVM2_member", "pv-vda4-uuid", None)),
+                        &[],
+                    ),
+                ],
+                vg0(),
+            )
+        }
+
+        /// MBR: root, swap, and a /srv partition that is neither in fstab nor mounted.
+        pub fn mbr_plain(sector: u64) -> disk::Inventory {
+            inventory(
+                40 * GIB,
+                sector,
+                Some(("dos", "0x1234abcd")),
+                None,
+                vec![
+                    (
+                        1,
+                        30 * 1024,
+                        "0x83",
+                        "",
+                        Some(sig("ext4", "ROOT-UUID", None)),
+                        &["/"],
+                    ),
+                    (
+                        30 * 1024 + 1,
+                        2048,
+                        "0x82",
+                        "",
+                        Some(sig("swap", "swap-uuid", None)),
+                        &[],
+                    ),
+                    (
+                        32 * 1024 + 1,
+                        4096,
+                        "0x83",
+                        "",
+                        Some(sig("xfs", "srv-uuid", Some("srv"))),
+                        &[],
+                    ),
+                ],
+                disk::LvmStatus::Skipped,
+            )
+        }
+
+        /// ext4 on the whole 256 GiB disk, mounted at / and absent from fstab.
+        pub fn whole_disk(sector: u64) -> disk::Inventory {
+            inventory(
+                256 * GIB,
+                sector,
+                None,
+                Some((sig("ext4", "whole-uuid", Some("root")), &["/"])),
+                Vec::new(),
+                disk::LvmStatus::NotInstalled,
+            )
+        }
+    }
+
+    const GPT_FSTAB: &str = "\
+# /etc/fstab
+/dev/mapper/vg0-root /               ext4    errors=remount-ro 0       1
+UUID=boot-fs-uuid  /boot           ext4    defaults        0       2
+/dev/disk/by-uuid/5A1B-2C3D  /boot/efi       vfat    umask=0077      0       1
+/dev/vg0/swap_1    none            swap    sw              0       0
+tmpfs /tmp tmpfs defaults 0 0
+";
+    const MBR_FSTAB: &str = "\
+UUID=root-uuid / ext4 defaults,noatime 0 1
+UUID=swap-uuid none swap sw 0 0
+";
+
+    fn used(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// A filesystem as the tests compare it: (source, fstype, uuid, label, used,
+    /// mountpoint, options).
+    type FsOwned = (
+        Source,
+        String,
+        String,
+        Option<String>,
+        u64,
+        Option<String>,
+        String,
+    );
+    /// The same, as the tables write it.
+    type FsRow<'a> = (
+        Source,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        u64,
+        Option<&'a str>,
+        &'a str,
+    );
+
+    fn fs_rows(l: &Layout) -> Vec<FsOwned> {
+        l.filesystems
+            .iter()
+            .map(|f| {
+                (
+                    f.source.clone(),
+                    f.fstype.clone(),
+                    f.uuid.clone().unwrap_or_default(),
+                    f.label.clone(),
+                    f.used_bytes.0,
+                    f.mountpoint.clone(),
+                    f.mount_options.join(","),
+                )
+            })
+            .collect()
+    }
+
+    fn want_rows(rows: &[FsRow]) -> Vec<FsOwned> {
+        rows.iter()
+            .map(|(s, t, u, l, used, m, o)| {
+                (
+                    s.clone(),
+                    t.to_string(),
+                    u.to_string(),
+                    l.map(Into::into),
+                    *used,
+                    m.map(Into::into),
+                    o.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn lv_source(name: &str) -> Source {
+        Source::Lv {
+            vg: "vg0".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn capture_reads_tables_filesystems_lvm_swap_and_growable() {
+        use captured::*;
+        struct Case {
+            what: &'static str,
+            inv: Make,
+            fstab: &'static str,
+            used: Vec<(&'static str, u64)>,
+            table: Table,
+            /// (number, start MiB, size MiB, type GUID or MBR byte, name, growable)
+            parts: Vec<(u32, u64, u64, &'static str, &'static str, bool)>,
+            fs: Vec<FsRow<'static>>,
+            vgs: Vec<(&'static str, Vec<u32>)>,
+            /// (name, bytes, growable)
+            lvs: Vec<(&'static str, u64, bool)>,
+            swap: Vec<(Source, u64)>,
+        }
+        const G: u64 = 1 << 30;
+        let cases = vec![
+            Case {
+                what: "GPT with ESP, /boot and an LVM PV holding root and swap",
+                inv: gpt_lvm,
+                fstab: GPT_FSTAB,
+                used: vec![("/", 3 * G), ("/boot", 100 * MIB), ("5A1B-2C3D", 6 * MIB)],
+                table: Table::Gpt {
+                    disk_guid: Uuid::parse_str("8c2f4e7a-51d3-4b6e-9a0f-2d7c6b5e4a31").unwrap(),
+                },
+                parts: vec![
+                    (1, 1, 1, BIOS_BOOT, "bios", false),
+                    (2, 2, 512, ESP, "esp", false),
+                    (3, 514, 1024, LINUX, "boot", false),
+                    (4, 1538, 20 * 1024 - 1539, LINUX_LVM, "lvm", true),
+                ],
+                fs: vec![
+                    (
+                        Source::Partition(2),
+                        "vfat",
+                        "5A1B-2C3D",
+                        Some("EFI"),
+                        6 * MIB,
+                        Some("/boot/efi"),
+                        "umask=0077",
+                    ),
+                    (
+                        Source::Partition(3),
+                        "ext4",
+                        "boot-fs-uuid",
+                        Some("boot"),
+                        100 * MIB,
+                        Some("/boot"),
+                        "defaults",
+                    ),
+                    (
+                        lv_source("root"),
+                        "ext4",
+                        "root-fs-uuid",
+                        None,
+                        3 * G,
+                        Some("/"),
+                        "errors=remount-ro",
+                    ),
+                ],
+                vgs: vec![("vg0", vec![4])],
+                lvs: vec![("root", 8 * G, true), ("swap_1", 2 * G, false)],
+                swap: vec![(lv_source("swap_1"), 2 * G)],
+            },
+            Case {
+                what: "MBR with root, swap and an unmounted /srv not in fstab",
+                inv: mbr_plain,
+                fstab: MBR_FSTAB,
+                used: vec![("/", 5 * G)],
+                table: Table::Mbr {
+                    disk_id: 0x1234_abcd,
+                },
+                parts: vec![
+                    (1, 1, 30 * 1024, "0x83", "", true),
+                    (2, 30 * 1024 + 1, 2048, "0x82", "", false),
+                    (3, 32 * 1024 + 1, 4096, "0x83", "", false),
+                ],
+                fs: vec![
+                    // fstab writes the UUID in another case: still the same filesystem.
+                    (
+                        Source::Partition(1),
+                        "ext4",
+                        "ROOT-UUID",
+                        None,
+                        5 * G,
+                        Some("/"),
+                        "defaults,noatime",
+                    ),
+                    // Not measured: recorded as full, so it never shrinks.
+                    (
+                        Source::Partition(3),
+                        "xfs",
+                        "srv-uuid",
+                        Some("srv"),
+                        4 * G,
+                        None,
+                        "",
+                    ),
+                ],
+                vgs: vec![],
+                lvs: vec![],
+                swap: vec![(Source::Partition(2), 2 * G)],
+            },
+            Case {
+                what: "ext4 on the whole disk, mounted but not in fstab",
+                inv: whole_disk,
+                fstab: "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n",
+                used: vec![("/", 40 * G)],
+                table: Table::None,
+                parts: vec![],
+                fs: vec![(
+                    Source::Disk,
+                    "ext4",
+                    "whole-uuid",
+                    Some("root"),
+                    40 * G,
+                    Some("/"),
+                    "",
+                )],
+                vgs: vec![],
+                lvs: vec![],
+                swap: vec![],
+            },
+        ];
+        for case in &cases {
+            for sector in [SectorSize::B512, SectorSize::B4096] {
+                let what = format!("{} ({sector}-byte sectors)", case.what);
+                let inv = (case.inv)(sector.bytes());
+                let l = capture(
+                    &inv,
+                    "/dev/vda",
+                    &crate::fstab::Fstab::parse(case.fstab),
+                    &used(&case.used),
+                )
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(l.schema, SCHEMA, "{what}");
+                assert_eq!(l.table, case.table, "{what}");
+                assert_eq!(l.disk.logical_sector, sector, "{what}");
+                assert_eq!(l.disk.physical_sector, 4096, "{what}");
+                let per_mib = MIB / sector.bytes();
+                let parts: Vec<_> = l
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let kind = match (p.type_guid, p.mbr_type) {
+                            (Some(g), None) => g.to_string(),
+                            (None, Some(t)) => format!("0x{t:02x}"),
+                            other => panic!("{what}: partition {} has type {other:?}", p.number),
+                        };
+                        (
+                            p.number,
+                            p.start_lba.0,
+                            p.size_lba.0,
+                            kind,
+                            p.name.clone(),
+                            p.growable,
+                        )
+                    })
+                    .collect();
+                let want: Vec<_> = case
+                    .parts
+                    .iter()
+                    .map(|&(n, s, z, t, name, g)| {
+                        (
+                            n,
+                            s * per_mib,
+                            z * per_mib,
+                            t.to_string(),
+                            name.to_string(),
+                            g,
+                        )
+                    })
+                    .collect();
+                assert_eq!(parts, want, "{what}: partitions");
+                if matches!(l.table, Table::Gpt { .. }) {
+                    assert_eq!(
+                        l.partitions[0].part_uuid,
+                        Some(Uuid::parse_str("00000000-0000-4000-8000-000000000001").unwrap()),
+                        "{what}"
+                    );
+                } else {
+                    assert!(l.partitions.iter().all(|p| p.part_uuid.is_none()), "{what}");
+                }
+                assert_eq!(fs_rows(&l), want_rows(&case.fs), "{what}: filesystems");
+                let vgs: Vec<_> = l
+                    .lvm
+                    .vgs
+                    .iter()
+                    .map(|v| {
+                        (
+                            v.name.as_str(),
+                            v.pvs.iter().map(|p| p.partition).collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(vgs, case.vgs, "{what}: VGs (only the local PV)");
+                let lvs: Vec<_> = l
+                    .lvm
+                    .lvs
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.size_bytes.0, v.growable))
+                    .collect();
+                assert_eq!(lvs, case.lvs, "{what}: LVs (no snapshot)");
+                let swap: Vec<_> = l
+                    .swap
+                    .iter()
+                    .map(|s| (s.source.clone(), s.size_bytes.0))
+                    .collect();
+                assert_eq!(swap, case.swap, "{what}: swap");
+            }
+        }
+    }
+
+    #[test]
+    fn a_captured_layout_plans_back_onto_the_same_disk_unchanged() {
+        use captured::*;
+        let cases: [(captured::Make, &str); 3] = [
+            (gpt_lvm, GPT_FSTAB),
+            (mbr_plain, MBR_FSTAB),
+            (whole_disk, ""),
+        ];
+        for (inv, fstab) in cases {
+            for sector in [512, 4096] {
+                let inv = inv(sector);
+                let l = capture(
+                    &inv,
+                    "vda",
+                    &crate::fstab::Fstab::parse(fstab),
+                    &used(&[("/", 1 << 30)]),
+                )
+                .unwrap();
+                let what = format!("{:?} with {sector}-byte sectors", l.table);
+                let p = plan(&l, l.disk.size_bytes, l.disk.logical_sector)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(p.unchanged(), "{what}:\n{p}");
+                assert_eq!(p.table, l.table, "{what}");
+                let back: Vec<Partition> = p
+                    .partitions
+                    .iter()
+                    .map(|q| Partition {
+                        number: q.number,
+                        start_lba: q.start_lba,
+                        size_lba: q.size_lba,
+                        type_guid: q.type_guid,
+                        mbr_type: q.mbr_type,
+                        part_uuid: q.part_uuid,
+                        name: q.name.clone(),
+                        attributes: q.attributes,
+                        growable: l
+                            .partitions
+                            .iter()
+                            .any(|o| o.number == q.number && o.growable),
+                    })
+                    .collect();
+                assert_eq!(back, l.partitions, "{what}");
+                // The property that matters: the plan puts every partition at the very
+                // bytes the disk has it.
+                let on_disk: Vec<(u32, u64, u64)> = inv.disks[0]
+                    .partitions
+                    .iter()
+                    .map(|q| (q.number, q.start.0, q.size.0))
+                    .collect();
+                let planned: Vec<(u32, u64, u64)> = p
+                    .partitions
+                    .iter()
+                    .map(|q| (q.number, q.start_lba.0 * sector, q.size_lba.0 * sector))
+                    .collect();
+                assert_eq!(planned, on_disk, "{what}");
+                let lvs: Vec<(&str, Bytes)> = p
+                    .lvs
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.size_bytes))
+                    .collect();
+                let want: Vec<(&str, Bytes)> = l
+                    .lvm
+                    .lvs
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.size_bytes))
+                    .collect();
+                assert_eq!(lvs, want, "{what}");
+
+                // On a larger disk, what capture marked growable is what grows.
+                if !l.partitions.is_empty() {
+                    let bigger = plan(
+                        &l,
+                        Bytes(l.disk.size_bytes.0 + (10 << 30)),
+                        l.disk.logical_sector,
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let grown: Vec<u32> = bigger
+                        .partitions
+                        .iter()
+                        .filter(|q| q.change == Change::Grown)
+                        .map(|q| q.number)
+                        .collect();
+                    let marked: Vec<u32> = l
+                        .partitions
+                        .iter()
+                        .filter(|q| q.growable)
+                        .map(|q| q.number)
+                        .collect();
+                    assert_eq!(grown, marked, "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_captured_layout_is_schema_1_json_that_reads_back_equal() {
+        let l = capture(
+            &captured::gpt_lvm(512),
+            "vda",
+            &crate::fstab::Fstab::parse(GPT_FSTAB),
+            &used(&[("/", 1 << 30)]),
+        )
+        .unwrap();
+        let text = l.to_json_pretty();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["table"]["type"], "gpt");
+        assert_eq!(v["partitions"][3]["growable"], true);
+        assert_eq!(Layout::from_json(&text).unwrap(), l);
+    }
+
+    #[test]
+    fn capture_refuses_a_missing_or_unreadable_disk() {
+        let fstab = crate::fstab::Fstab::parse("");
+        let mut inv = captured::whole_disk(512);
+        assert_eq!(
+            capture(&inv, "/dev/vdz", &fstab, &BTreeMap::new()),
+            Err(CaptureError::NoSuchDisk("/dev/vdz".into()))
+        );
+        let state = crate::disk::Readability::IoError("Input/output error (os error 5)".into());
+        inv.disks[0].state = state.clone();
+        let err = capture(&inv, "vda", &fstab, &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err,
+            CaptureError::Unreadable {
+                disk: "vda".into(),
+                state
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "disk vda cannot be captured: I/O error: Input/output error (os error 5)"
+        );
+    }
+
+    #[test]
+    fn capture_refuses_a_partition_the_table_on_the_disk_does_not_have() {
+        let mut inv = captured::gpt_lvm(512);
+        inv.disks[0].partitions[2].type_guid = None;
+        let err = capture(
+            &inv,
+            "vda",
+            &crate::fstab::Fstab::parse(""),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("partition 3 is known to the kernel but not in the table"),
+            "{err}"
+        );
     }
 }
