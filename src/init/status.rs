@@ -24,6 +24,8 @@ pub struct Status {
 
 /// The first line: what a test and a technician look for.
 pub const TITLE: &str = "understudy recovery";
+/// The status screen's first line, which tests wait for.
+pub const HEADING: &str = "understudy recovery - disks and their state";
 
 fn candidate(c: &Candidate) -> String {
     match c {
@@ -94,7 +96,7 @@ fn fit(line: &str, cols: usize) -> String {
 
 /// The screen's lines, each at most `cols` characters.
 pub fn render(s: &Status, cols: u16) -> Vec<String> {
-    let mut out: Vec<String> = vec![format!("{TITLE} - disks and their state"), String::new()];
+    let mut out: Vec<String> = vec![HEADING.to_string(), String::new()];
     match &s.inventory {
         None => out.push("Disks: not looked at (see the notes below)".into()),
         Some(inv) if inv.disks.is_empty() => out.push("Disks: none found".into()),

@@ -50,8 +50,8 @@ pub const FALLBACK_OVMF: Scenario = Scenario {
 
 const EMERGENCY_MARK: &str = "EMERGENCY SYSTEM UP";
 /// PID 1's status screen's first line and its menu (`init::status`, `init::menu`).
-const STATUS_TITLE: &str = "understudy recovery - disks and their state";
-const STATUS_MENU: &str = "[s] shell  [r] reboot  [p] power off";
+const STATUS_TITLE: &str = understudy::init::status::HEADING;
+const STATUS_MENU: &str = understudy::init::menu::LINE;
 /// The note PID 1 adds when GRUB booted it in automatic mode.
 const AUTO_NOTE: &str = "understudy.mode=auto";
 

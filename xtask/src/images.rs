@@ -220,21 +220,7 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
     let part = |n: usize| &plan.partitions[n - 1];
 
     // GRUB: one early configuration for both platforms.
-    let early = work.join("early.cfg");
-    write(
-        &early,
-        boot::render_early_cfg(&spec.boot.recovery_fs_uuid)?.as_bytes(),
-    )?;
-    let core = work.join("core.img");
-    grub_mkimage("i386-pc", GRUB_PC_DIR, boot::GRUB_MODULES_PC, &early, &core)?;
-    let efi = work.join("BOOTX64.EFI");
-    grub_mkimage(
-        "x86_64-efi",
-        GRUB_EFI_DIR,
-        boot::GRUB_MODULES_EFI,
-        &early,
-        &efi,
-    )?;
+    let (core, efi) = grub_images(work, &spec.boot.recovery_fs_uuid)?;
 
     esp(work, out, &plan, 2, ("US-ESP", ESP_VOLUME_ID), &efi)?;
 
@@ -360,21 +346,7 @@ pub fn build_primary(spec: &PrimarySpec) -> Result<Bytes> {
     drop(f);
     understudy::partition::write(out, &plan)?;
 
-    let early = work.join("early.cfg");
-    write(
-        &early,
-        boot::render_early_cfg(PRIMARY_ROOT_UUID)?.as_bytes(),
-    )?;
-    let core = work.join("core.img");
-    grub_mkimage("i386-pc", GRUB_PC_DIR, boot::GRUB_MODULES_PC, &early, &core)?;
-    let efi = work.join("BOOTX64.EFI");
-    grub_mkimage(
-        "x86_64-efi",
-        GRUB_EFI_DIR,
-        boot::GRUB_MODULES_EFI,
-        &early,
-        &efi,
-    )?;
+    let (core, efi) = grub_images(work, PRIMARY_ROOT_UUID)?;
     esp(
         work,
         out,
@@ -437,6 +409,24 @@ fn esp(
         .arg("::/EFI/BOOT/BOOTX64.EFI")
         .output()?;
     copy_in(&file, out, p, plan.sector_size)
+}
+
+/// GRUB's BIOS core image and EFI binary, both with an early configuration that
+/// finds the filesystem `root_uuid` and loads its `grub.cfg`.
+fn grub_images(work: &Path, root_uuid: &str) -> Result<(PathBuf, PathBuf)> {
+    let early = work.join("early.cfg");
+    write(&early, boot::render_early_cfg(root_uuid)?.as_bytes())?;
+    let core = work.join("core.img");
+    grub_mkimage("i386-pc", GRUB_PC_DIR, boot::GRUB_MODULES_PC, &early, &core)?;
+    let efi = work.join("BOOTX64.EFI");
+    grub_mkimage(
+        "x86_64-efi",
+        GRUB_EFI_DIR,
+        boot::GRUB_MODULES_EFI,
+        &early,
+        &efi,
+    )?;
+    Ok((core, efi))
 }
 
 fn grub_mkimage(format: &str, dir: &str, extra: &[&str], early: &Path, out: &Path) -> Result<()> {

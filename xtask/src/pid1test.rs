@@ -34,10 +34,9 @@ pub const OVERHEAD: Scenario = Scenario {
     run: overhead,
 };
 
-/// What the status screen's first line starts with (`init::status::TITLE`).
-const TITLE: &str = "understudy recovery - disks and their state";
-/// The menu line (`init::menu::LINE`).
-const MENU: &str = "[s] shell  [r] reboot  [p] power off";
+/// PID 1's status heading and menu line, from the code that draws them.
+const TITLE: &str = understudy::init::status::HEADING;
+const MENU: &str = understudy::init::menu::LINE;
 const APPEND: &str = "console=ttyS0 panic=-1 quiet";
 
 /// (id, serial, size in MiB, how the status screen shows the size).
