@@ -39,15 +39,205 @@ enum Command {
     /// Build the recovery initramfs (our binary as /init, modules, tools)
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
+    /// Make images from directory trees, list and verify images
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Capture a disk's layout, or plan how a captured layout fits onto a target disk
     #[command(subcommand)]
     Layout(LayoutCommand),
+    /// Lay out the secondary disk: GRUB, recovery OS, emergency, images, COW PV (docs/provision.md)
+    Provision(ProvisionArgs),
+    /// Restore an image onto a replacement primary disk (erases it)
+    #[command(after_help = "\
+Verifies every archive first, refuses the secondary and busy or too small disks, then
+partitions, makes LVM and filesystems with the recorded names and UUIDs, extracts,
+reinstalls GRUB from the restored system, copies back emergency-mode changes, and makes
+the disk bootable last. Without --yes it shows what is erased and asks for the disk's
+serial number. See docs/restore.md.
+
+Example:
+  understudy restore /images/20261125T031500Z-appliance --target /dev/sda")]
+    Restore {
+        /// The image directory (holding manifest.json)
+        image: PathBuf,
+        /// The disk to restore onto
+        #[arg(long, value_name = "DISK")]
+        target: PathBuf,
+        /// Do not ask for the disk's serial number
+        #[arg(long)]
+        yes: bool,
+        /// Do not copy back what changed on the emergency copy
+        #[arg(long)]
+        no_copy_back: bool,
+        /// `human` (stderr) or `json` (one event per line on stdout; needs --yes)
+        #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+        progress: String,
+        #[command(flatten)]
+        threads: Threads,
+    },
+    /// Copy what changed on the emergency copy since its expansion onto a restored root
+    #[command(after_help = "\
+Both trees must be mounted. Compares the emergency tree with its copy-back index (written
+at expansion; default EMERGENCY/var/lib/understudy/copy-back-index.jsonl), then removes
+what was deleted and writes what is new or changed into TARGET, never following a
+symlink out of it. Paths expansion remapped (fstab, GRUB files) are left alone; where
+TARGET differs from the indexed state, the emergency copy wins. See docs/copy-back.md.
+
+Example:
+  understudy copy-back --emergency /mnt/emergency --target /mnt/root --dry-run")]
+    CopyBack {
+        /// The mounted emergency filesystem
+        #[arg(long, value_name = "DIR")]
+        emergency: PathBuf,
+        /// The mounted restored root filesystem
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// The copy-back index [default: inside the emergency tree]
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// Show the plan, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan and report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// List disks, partitions, filesystems, LVM, mounts and swap, and why a disk cannot be read
     Disks {
         /// Print the inventory as JSON
         #[arg(long)]
         json: bool,
     },
+    /// The recovery console on this terminal (what PID 1 runs; docs/console.md)
+    Console {
+        /// No colours (also TERM=dumb, or understudy.color=0 on the kernel command line)
+        #[arg(long)]
+        no_color: bool,
+        /// Automatic mode (also understudy.mode=auto on the kernel command line)
+        #[arg(long)]
+        auto: bool,
+        /// Read images from this directory instead of the images partition
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Start-up notes to show, one a line (PID 1 passes its own)
+        #[arg(long, value_name = "FILE")]
+        notes: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Make an image from directory trees and a layout description
+    #[command(after_help = "\
+LAYOUT.json describes the disk: partitions with sizes and which grows, LVM VGs and LVs,
+filesystems with mount points, swap (docs/image-format.md). Each --tree fills the
+filesystem mounted at MOUNTPOINT; a filesystem without one takes the matching directory
+of the tree it is mounted in, or is empty. The image is written as OUT_DIR/ID.partial,
+then renamed to OUT_DIR/ID.
+
+Example:
+  understudy image create --layout layout.json --tree /=rootfs --tree /boot=rootfs/boot images/")]
+    Create {
+        /// The layout description
+        #[arg(long, value_name = "LAYOUT.json")]
+        layout: PathBuf,
+        /// MOUNTPOINT=DIR: the tree that fills a filesystem (repeatable)
+        #[arg(long, value_name = "MOUNTPOINT=DIR", value_parser = crate::image::create::parse_tree)]
+        tree: Vec<(String, PathBuf)>,
+        /// The image's name [default: UTC time and host, 20261125T031500Z-appliance]
+        #[arg(long)]
+        id: Option<String>,
+        /// The directory to make the image directory in
+        out_dir: PathBuf,
+        #[command(flatten)]
+        threads: Threads,
+        /// Show a progress bar on a terminal
+        #[arg(long)]
+        progress: bool,
+    },
+    /// List the images in a directory, newest first, with unreadable ones and why
+    List {
+        dir: PathBuf,
+        /// Print the list as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every archive of an image against its manifest (length and SHA-256)
+    Verify {
+        /// The image's directory
+        image: PathBuf,
+        #[command(flatten)]
+        threads: Threads,
+        /// Show a progress bar on a terminal
+        #[arg(long)]
+        progress: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Refuses the disk the system booted from, a disk with mounted, swap or held partitions,
+and one too small, saying why. Without --yes it shows what will be erased and wants the
+secondary's serial number typed. Run again on a provisioned disk, it reinstalls GRUB,
+the recovery system and the configuration and keeps the images.
+
+Example:
+  understudy provision --secondary /dev/sdb --cow-size 8G --dry-run")]
+struct ProvisionArgs {
+    /// The disk to lay out (`/dev/sdb`, or a kernel name)
+    #[arg(long, value_name = "DISK")]
+    secondary: String,
+    /// The primary disk [default: the disk holding the running root]
+    #[arg(long, value_name = "DISK")]
+    primary: Option<String>,
+    /// The volume group the COW PV joins [default: the root LV's]
+    #[arg(long, value_name = "VG")]
+    root_vg: Option<String>,
+    /// Size of the snapshot COW PV; K, M, G, T suffixes [default: 10% of the disk]
+    #[arg(long, value_name = "BYTES", value_parser = crate::layout::parse_size)]
+    cow_size: Option<crate::layout::Bytes>,
+    /// Do not ask for the serial number
+    #[arg(long)]
+    yes: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the plan (or the refusal) as JSON
+    #[arg(long)]
+    json: bool,
+    /// Recovery kernel [default: /boot/vmlinuz-$(uname -r)]
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Kernel release of the recovery initramfs [default: uname -r]
+    #[arg(long, value_name = "VERSION")]
+    kernel_version: Option<String>,
+    /// Module directory for the initramfs [default: /lib/modules/VERSION]
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Install this recovery initramfs instead of building one
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+}
+
+impl ProvisionArgs {
+    fn options(self) -> crate::provision::Options {
+        crate::provision::Options {
+            request: crate::provision::Request {
+                secondary: self.secondary,
+                primary: self.primary,
+                root_vg: self.root_vg,
+                cow: self.cow_size,
+            },
+            yes: self.yes,
+            dry_run: self.dry_run,
+            json: self.json,
+            kernel: self.kernel,
+            kernel_version: self.kernel_version,
+            modules: self.modules,
+            initrd: self.initrd,
+            system: None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +440,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Archive(cmd) => archive_cmd(cmd),
+        Command::Image(cmd) => crate::image::command(image_args(cmd)),
         Command::Initramfs(InitramfsCommand::Build {
             kernel_version,
             modules,
@@ -296,6 +487,74 @@ fn run(cli: Cli) -> Result<()> {
             }
             report.into_result()
         }
+        Command::Provision(args) => crate::provision::provision(&args.options()),
+        Command::Restore {
+            image,
+            target,
+            yes,
+            no_copy_back,
+            progress,
+            threads,
+        } => {
+            let format = match progress.as_str() {
+                "json" => crate::restore::Format::Json,
+                _ => crate::restore::Format::Human,
+            };
+            let opts = crate::restore::Options {
+                image,
+                target,
+                yes,
+                copy_back: !no_copy_back,
+                format,
+                threads: threads.get(),
+            };
+            let report = crate::restore::run(&opts).map_err(|e| {
+                if e.downcast_ref::<crate::restore::Damaged>().is_some() {
+                    Outcome::Damaged(e).into()
+                } else {
+                    e
+                }
+            })?;
+            match report.problems {
+                0 => Ok(()),
+                n => Err(Outcome::Problems(n).into()),
+            }
+        }
+        Command::Console {
+            no_color,
+            auto,
+            images,
+            notes,
+        } => crate::console::main(crate::console::Config {
+            no_color,
+            auto,
+            images,
+            notes,
+        }),
+        Command::CopyBack {
+            emergency,
+            target,
+            index,
+            dry_run,
+            json,
+        } => {
+            let bar = Progress::new(!json, "copy-back", None);
+            let outcome = crate::restore::copyback::copy_back(
+                &emergency,
+                &target,
+                index.as_deref(),
+                dry_run,
+                &mut |n| bar.add(n),
+            );
+            bar.done();
+            let outcome = outcome?;
+            if json {
+                print_json(&outcome)
+            } else {
+                print!("{outcome}");
+                Ok(())
+            }
+        }
         Command::Disks { json } => {
             let inv = crate::disk::inventory(&crate::disk::Sources::system());
             if json {
@@ -305,6 +564,39 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+fn image_args(cmd: ImageCommand) -> crate::image::Command {
+    use crate::image::Command as C;
+    match cmd {
+        ImageCommand::Create {
+            layout,
+            tree,
+            id,
+            out_dir,
+            threads,
+            progress,
+        } => C::Create {
+            opts: crate::image::create::CreateOptions {
+                description: layout,
+                trees: tree,
+                id,
+                out_dir,
+                threads: threads.get(),
+            },
+            progress,
+        },
+        ImageCommand::List { dir, json } => C::List { dir, json },
+        ImageCommand::Verify {
+            image,
+            threads,
+            progress,
+        } => C::Verify {
+            image,
+            threads: threads.get(),
+            progress,
+        },
     }
 }
 

@@ -158,6 +158,17 @@ impl Cmd {
         self.output().map(drop)
     }
 
+    /// Start it with standard output and error piped to the caller, who reads them
+    /// as they come (a long job's progress stream) and waits for the child.
+    pub fn spawn_piped(&self) -> Result<std::process::Child> {
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{}`", self.display()))
+    }
+
     /// Run with standard streams inherited (interactive tools, a shell).
     pub fn interactive(&self) -> Result<ExitStatus> {
         self.command()

@@ -3,9 +3,9 @@
 //! in the image, absolute or with `..`, resolves inside the image as if the image were
 //! `/`, so `etc/fstab -> /etc/fstab` can never read or edit the running system's file.
 //!
-//! Owns: [`RootDir`] and its reads, existence checks, directory creation and atomic
-//! replacement of files (temp file, fsync, rename, directory fsync; mode and owner
-//! kept). Does not own: what is written (`remap`), mounting the root.
+//! Owns: [`RootDir`] and its reads, existence checks, directory creation, removal and
+//! atomic replacement of files (temp file, fsync, rename, directory fsync; mode and
+//! owner kept). Does not own: what is written (`remap`), mounting the root.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -112,6 +112,54 @@ impl RootDir {
             .read_to_end(&mut buf)
             .with_context(|| format!("reading {}", self.show(rel)))?;
         Ok(Some(buf))
+    }
+
+    /// The status of `rel` itself (a symlink there is not followed; its parents are,
+    /// inside the root), or `None` if nothing is there.
+    pub fn lstat(&self, rel: impl AsRef<Path>) -> Result<Option<FileStat>> {
+        let rel = rel.as_ref();
+        if relative(rel).components().all(|c| c == Component::CurDir) {
+            return fstat(&self.fd)
+                .map(Some)
+                .with_context(|| format!("inspecting {}", self.path.display()));
+        }
+        let Some((dir, name)) = self.parent_of(rel)? else {
+            return Ok(None);
+        };
+        match fstatat(&dir, &name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("inspecting {}", self.show(rel))),
+        }
+    }
+
+    /// Remove `rel` whatever it is, a directory with everything below it; a symlink
+    /// there is removed, never followed. Whether anything was there.
+    pub fn remove_all(&self, rel: impl AsRef<Path>) -> Result<bool> {
+        let rel = rel.as_ref();
+        let Some((dir, name)) = self.parent_of(rel)? else {
+            return Ok(false);
+        };
+        remove_at(&dir, name.as_os_str()).with_context(|| format!("removing {}", self.show(rel)))
+    }
+
+    /// The directory holding `rel` (resolved inside the root) and `rel`'s last name;
+    /// `None` when that directory does not exist.
+    fn parent_of(&self, rel: &Path) -> Result<Option<(OwnedFd, PathBuf)>> {
+        let path = relative(rel);
+        let name = match path.components().next_back() {
+            Some(Component::Normal(n)) => PathBuf::from(n),
+            _ => bail!("{}: not a name inside the root", self.show(rel)),
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match openat2(&self.fd, &parent, in_root(dir_flags())) {
+            Ok(dir) => Ok(Some((dir, name))),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening {}", self.show(&parent))),
+        }
     }
 
     /// Create directory `rel` and its missing parents inside the root.
@@ -241,6 +289,33 @@ impl RootDir {
             self.show(rel)
         )
     }
+}
+
+/// Remove `name` in `dir`, depth first if it is a directory; never follows a symlink.
+fn remove_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<bool> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => return Ok(true),
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(Errno::EISDIR) => {}
+        Err(e) => return Err(e),
+    }
+    let how = OpenHow::new()
+        .flags(dir_flags() | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let sub = openat2(dir, name, how)?;
+    let mut children = Vec::new();
+    let mut listing = nix::dir::Dir::from_fd(sub.try_clone().map_err(|_| Errno::EBADF)?)?;
+    for entry in listing.iter() {
+        let n = entry?.file_name().to_bytes().to_vec();
+        if n != b"." && n != b".." {
+            children.push(n);
+        }
+    }
+    for child in children {
+        remove_at(&sub, OsStr::from_bytes(&child))?;
+    }
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
+    Ok(true)
 }
 
 fn is_kind(st: &FileStat, kind: SFlag) -> bool {

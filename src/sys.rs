@@ -91,6 +91,51 @@ pub fn set_env_before_threads(key: &str, value: &str) {
     unsafe { std::env::set_var(key, value) };
 }
 
+/// Restarts the machine at once, without syncing: what a power cut does to the page
+/// cache, for the failpoints of the power-cut tests. Returns only if the kernel refused
+/// (not root, or not allowed in this namespace).
+pub fn reboot_without_sync() -> io::Error {
+    // `reboot(2)` with LINUX_REBOOT_CMD_RESTART does not sync (only the `reboot`
+    // program does, before calling it); nix's wrapper is safe and adds nothing.
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Ok(never) => match never {},
+        Err(e) => io::Error::from(e),
+    }
+}
+
+/// Loads the kernel and initrd open on `kernel` and `initrd` with `cmdline` for a
+/// later `reboot(RB_KEXEC)` (`kexec_file_load(2)`: the kernel reads and checks the
+/// files itself, so no image is parsed here).
+pub fn kexec_file_load(
+    kernel: impl AsFd,
+    initrd: impl AsFd,
+    cmdline: &std::ffi::CStr,
+) -> io::Result<()> {
+    let k = kernel.as_fd().as_raw_fd();
+    let i = initrd.as_fd().as_raw_fd();
+    let bytes = cmdline.to_bytes_with_nul();
+    let flags: libc::c_ulong = 0;
+    // SAFETY: both descriptors come from live `BorrowedFd`s, so they stay open for the
+    // call; the command line pointer and length (which counts the NUL, as the system
+    // call requires) come from one `CStr` borrowed for the call, and the kernel only
+    // reads that many bytes through it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            libc::c_long::from(k),
+            libc::c_long::from(i),
+            bytes.len(),
+            bytes.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +156,28 @@ mod tests {
             Some(libc::ESPIPE)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kexec_refuses_what_is_not_a_kernel_file() {
+        // A pipe is no kernel image: the call reaches the kernel, which refuses it
+        // (EPERM without CAP_SYS_BOOT, EBADF/EINVAL for the pipe, ENOSYS without
+        // kexec). Nothing is loaded either way, so the host is untouched.
+        let (r, _w) = std::io::pipe().unwrap();
+        let (r2, _w2) = std::io::pipe().unwrap();
+        let err = kexec_file_load(&r, &r2, c"console=ttyS0").unwrap_err();
+        assert!(
+            [
+                libc::EPERM,
+                libc::EBADF,
+                libc::EINVAL,
+                libc::ENOSYS,
+                libc::ESPIPE,
+                libc::ENOEXEC
+            ]
+            .contains(&err.raw_os_error().unwrap()),
+            "{err}"
+        );
     }
 
     #[test]

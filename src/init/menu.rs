@@ -1,5 +1,5 @@
 //! The text menu under the status screen: its line and the pure mapping from a key
-//! to an action.
+//! to an action; and the recovery console's menu lines, so tests read both from here.
 //!
 //! Does not own: carrying the action out (`mod.rs`).
 
@@ -15,7 +15,14 @@ pub enum Action {
     Log,
 }
 
+/// The plain menu, also the last line of the recovery console's status screen (tests
+/// wait for it).
 pub const LINE: &str = "[s] shell  [r] reboot  [p] power off  [i] refresh  [l] log";
+
+/// The recovery console's actions, the line above [`LINE`] on its status screen
+/// (`console::update` maps these keys; the plain menu does not offer them).
+pub const LINE_RECOVERY: &str =
+    "[e] boot emergency copy  [t] restore  [c] copy back  [v] verify  [u] USB import";
 
 /// The action for a key, either case; anything else (Enter, arrows, noise on the
 /// line) does nothing.

@@ -1,9 +1,14 @@
 //! PID 1 of the recovery image: mounts the pseudo filesystems, sets up the consoles,
-//! loads the drivers for the devices present, waits (bounded) for the disks, takes
-//! the disk inventory and shows the status screen with a small menu (shell, reboot,
-//! power off, refresh, log). It reaps every child, turns signals into flags handled
-//! in its loop, logs to `/dev/kmsg` and a ring buffer, and never exits: a panic is
-//! caught, shown, and followed by the menu again.
+//! loads the drivers for the devices present (on a thread), waits (bounded) for the
+//! disks, takes the disk inventory and shows the status screen with a small menu
+//! (shell, reboot, power off, refresh, log). The screen comes as soon as disks are
+//! there and have stopped appearing, even while other drivers still load (it says
+//! so). Only then, in the background, it loads the filesystems and device-mapper
+//! targets recovery needs (those of the recovery filesystem come before the screen, to
+//! read it), and while the menu waits it draws the screen again when the drivers are
+//! all in or the set of disks changes. It reaps every child, turns signals into flags
+//! handled in its loop, logs to `/dev/kmsg` and a ring buffer, and never exits: a
+//! panic is caught, shown, and followed by the menu again.
 //!
 //! Does not own: the recovery console proper (ratatui, a later issue), the module
 //! index and matcher (`initramfs::modules`), the inventory (`disk`), command-line
@@ -26,10 +31,11 @@ pub mod mounts;
 pub mod reaper;
 pub mod recorded;
 pub mod status;
+pub mod supervise;
 
 use std::panic::{self, AssertUnwindSafe};
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
@@ -108,14 +114,36 @@ pub fn is_init(pid: u32) -> bool {
 /// How long driver loading may go on while new devices keep appearing.
 const DRIVERS_BOUND: Duration = Duration::from_secs(10);
 /// How long to wait for the set of disks to settle, and how long it must stay the
-/// same to count as settled.
+/// same to count as settled. Short: a disk that comes later (a slow USB stick) is
+/// shown when it comes, as the menu draws the screen again when the set changes.
 const DISKS_BOUND: Duration = Duration::from_secs(3);
-const DISKS_STABLE: Duration = Duration::from_millis(150);
+const DISKS_STABLE: Duration = Duration::from_millis(60);
 /// How often the menu loop wakes to reap and look at signals with no key pressed.
 const TICK: Duration = Duration::from_millis(500);
 
+/// How long loading the modules wanted by name may take.
+const NAMED_BOUND: Duration = Duration::from_secs(20);
+/// Where the kernel lists block devices.
+const SYS_BLOCK: &str = "/sys/block";
+
 /// The last panic's message, for the status screen.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// The image's module index and the directory it describes, once loaded.
+struct Drivers {
+    index: Index,
+    dir: PathBuf,
+}
+static DRIVERS: OnceLock<Drivers> = OnceLock::new();
+/// Started once, after the first screen: loading [`modload::ALWAYS`].
+static LATE_DRIVERS: std::sync::Once = std::sync::Once::new();
+/// Problems the background loading found, for the status screen.
+static LATE_NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The device drivers' summary line, once their loading is over.
+static DEVICE_DRIVERS: Mutex<Option<String>> = Mutex::new(None);
+/// The status screen's drivers line until then.
+pub const DRIVERS_LOADING: &str =
+    "drivers: still loading; the screen is drawn again when they are in";
 
 /// PID 1. Never returns.
 pub fn main() -> ! {
@@ -135,7 +163,7 @@ pub fn main() -> ! {
         }
     };
     loop {
-        if catch(|| menu_loop(&mut consoles, &mut status, opts)).is_none() {
+        if catch(|| supervise::run(&mut consoles, &mut status, opts)).is_none() {
             status.notes.push(panic_note("in the menu"));
             // A panic that repeats at once must not spin the CPU.
             std::thread::sleep(Duration::from_secs(1));
@@ -218,8 +246,9 @@ fn start() -> (Consoles, Status, Options) {
         console::CLEAR,
         status::TITLE
     ));
-    notes.push(load_drivers());
-    wait_for_disks(Path::new("/sys/block"));
+    start_device_drivers();
+    wait_for_disks(Path::new(SYS_BLOCK));
+    notes.push(device_drivers_line().unwrap_or_else(|| DRIVERS_LOADING.to_string()));
     if opts.mode == Mode::Auto {
         notes.push(
             "understudy.mode=auto: automatic actions come with the recovery console; waiting here"
@@ -261,11 +290,117 @@ fn load_drivers() -> String {
             return msg;
         }
     };
+    let d = DRIVERS.get_or_init(|| Drivers { index, dir });
     let began = Instant::now();
-    let report = modload::load_for_devices(&index, &dir, Path::new("/sys"), began + DRIVERS_BOUND);
+    let report =
+        modload::load_for_devices(&d.index, &d.dir, Path::new("/sys"), began + DRIVERS_BOUND);
     let line = format!("{} ({} ms)", report.summary(), began.elapsed().as_millis());
     log::info(&line);
     line
+}
+
+/// Loads the drivers for the devices present on a thread of its own (here, if no
+/// thread can start), leaving the summary in [`DEVICE_DRIVERS`].
+fn start_device_drivers() {
+    let spawned = std::thread::Builder::new()
+        .name("drivers".into())
+        .spawn(|| {
+            let line = load_drivers();
+            *DEVICE_DRIVERS.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+        });
+    if let Err(e) = spawned {
+        log::error(&format!("starting the drivers' thread: {e}; loading here"));
+        let line = load_drivers();
+        *DEVICE_DRIVERS.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+    }
+}
+
+/// The device drivers' summary, once they are all in.
+fn device_drivers_line() -> Option<String> {
+    DEVICE_DRIVERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Loads the modules `names` now; a line when something failed.
+fn load_named(names: &[&str], what: &str) -> Option<String> {
+    let d = DRIVERS.get()?;
+    let began = Instant::now();
+    let report = modload::load_named(&d.index, &d.dir, names, began + NAMED_BOUND);
+    log::info(&format!(
+        "{what}: {} ({} ms)",
+        report.summary(),
+        began.elapsed().as_millis()
+    ));
+    (report.count(|l| matches!(l, modload::Loaded::Failed(_))) > 0 || report.timed_out)
+        .then(|| format!("{what}: {}", report.summary()))
+}
+
+/// Once, after the first screen: the filesystems and device-mapper targets
+/// ([`modload::ALWAYS`]) on a thread of their own, so the disks' drivers and the
+/// first screen do not wait for them. What failed reaches the screen through
+/// [`LATE_NOTES`].
+fn start_late_drivers() {
+    LATE_DRIVERS.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("late-drivers".into())
+            .spawn(|| {
+                if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
+                    log::error(&note);
+                    LATE_NOTES
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(note);
+                }
+            });
+        if let Err(e) = spawned {
+            log::error(&format!("starting the filesystem drivers' thread: {e}"));
+            if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
+                LATE_NOTES
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(note);
+            }
+        }
+    });
+}
+
+/// Whether the screen must be drawn again: the background loading left a note, or
+/// the set of block devices changed since `known` (a disk that took long to appear,
+/// or one plugged in or removed), which is then taken again.
+fn screen_changed(status: &mut Status, known: &mut Vec<String>) -> bool {
+    let late: Vec<String> =
+        std::mem::take(&mut *LATE_NOTES.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut changed = !late.is_empty();
+    status.notes.extend(late);
+    if status.notes.iter().any(|n| n == DRIVERS_LOADING)
+        && let Some(line) = device_drivers_line()
+    {
+        for n in status.notes.iter_mut().filter(|n| *n == DRIVERS_LOADING) {
+            n.clone_from(&line);
+        }
+        changed = true;
+    }
+    let now = block_devices(Path::new(SYS_BLOCK));
+    if now != *known {
+        log::info(&format!("block devices now: {}", now.join(" ")));
+        *known = now;
+        regather(status);
+        changed = true;
+    }
+    changed
+}
+
+/// Takes the inventory again, keeping the drivers' notes.
+fn regather(status: &mut Status) {
+    let keep: Vec<String> = status
+        .notes
+        .iter()
+        .filter(|n| n.starts_with("drivers"))
+        .cloned()
+        .collect();
+    *status = gather(keep);
 }
 
 /// The names in `/sys/block`.
@@ -281,20 +416,39 @@ fn block_devices(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Waits until the set of block devices has stayed the same for [`DISKS_STABLE`]
-/// (SCSI and ATA disks appear some time after their driver loads), at most
-/// [`DISKS_BOUND`].
+/// Whether to stop waiting for disks: the set of block devices has stayed the same
+/// for [`DISKS_STABLE`], and either the drivers are all in or there are disks to
+/// show (the screen says the drivers are still loading, and is drawn again when
+/// they are in).
+fn disks_settled(drivers_done: bool, disks: bool, same_for: Duration) -> bool {
+    same_for >= DISKS_STABLE && (drivers_done || disks)
+}
+
+/// Waits until [`disks_settled`] (SCSI and ATA disks appear some time after their
+/// driver loads), at most [`DISKS_BOUND`] after the drivers are in and
+/// [`DRIVERS_BOUND`] plus that in all.
 fn wait_for_disks(dir: &Path) {
     let began = Instant::now();
     let mut last = block_devices(dir);
     let mut since = Instant::now();
-    while began.elapsed() < DISKS_BOUND {
+    let mut drivers_done_at: Option<Instant> = None;
+    loop {
         std::thread::sleep(Duration::from_millis(30));
+        if drivers_done_at.is_none() && device_drivers_line().is_some() {
+            drivers_done_at = Some(Instant::now());
+        }
         let now = block_devices(dir);
         if now != last {
             last = now;
             since = Instant::now();
-        } else if since.elapsed() >= DISKS_STABLE {
+        } else if disks_settled(drivers_done_at.is_some(), !last.is_empty(), since.elapsed()) {
+            break;
+        }
+        let out_of_time = match drivers_done_at {
+            Some(at) => at.elapsed() >= DISKS_BOUND,
+            None => began.elapsed() >= DRIVERS_BOUND + DISKS_BOUND,
+        };
+        if out_of_time {
             break;
         }
     }
@@ -306,7 +460,7 @@ fn wait_for_disks(dir: &Path) {
 }
 
 /// The inventory, the recorded identities and the roles.
-fn gather(notes: Vec<String>) -> Status {
+fn gather(mut notes: Vec<String>) -> Status {
     // LVM is not on this screen, and three `lvm` runs cost about a second under
     // emulation (the restore screens will ask for it).
     let sources = disk::Sources {
@@ -316,6 +470,15 @@ fn gather(notes: Vec<String>) -> Status {
     let inventory = disk::inventory(&sources);
     for p in &inventory.problems {
         log::warn(&format!("inventory: {p}"));
+    }
+    // Reading the recovery filesystem needs its driver, which may not be in yet.
+    if let Some((_, kind)) = recorded::find_recovery(&inventory)
+        && let Some(note) = load_named(
+            &modload::for_filesystem(&kind),
+            "drivers (recovery filesystem)",
+        )
+    {
+        notes.push(note);
     }
     let recorded = recorded::load(&inventory);
     log::info(&format!("recorded identities: {recorded:?}"));
@@ -378,15 +541,23 @@ fn power(mode: RebootMode) -> String {
 
 /// Shows the status and menu, waits for a key, carries the action out; for ever.
 fn menu_loop(consoles: &mut Consoles, status: &mut Status, opts: Options) {
+    let mut known = block_devices(Path::new(SYS_BLOCK));
     loop {
         service();
         draw(consoles, status, opts);
+        start_late_drivers();
         consoles.keys_mode();
         let action = loop {
             service();
-            if let Some(a) = consoles.read_key(TICK).and_then(menu::action) {
-                break a;
+            if screen_changed(status, &mut known) {
+                break None;
             }
+            if let Some(a) = consoles.read_key(TICK).and_then(menu::action) {
+                break Some(a);
+            }
+        };
+        let Some(action) = action else {
+            continue;
         };
         log::info(&format!("menu: {action:?}"));
         match action {
@@ -416,13 +587,8 @@ fn menu_loop(consoles: &mut Consoles, status: &mut Status, opts: Options) {
             }
             Action::Refresh => {
                 consoles.show("\nlooking at the disks again...\n");
-                let keep: Vec<String> = status
-                    .notes
-                    .iter()
-                    .filter(|n| n.starts_with("drivers: "))
-                    .cloned()
-                    .collect();
-                *status = gather(keep);
+                known = block_devices(Path::new(SYS_BLOCK));
+                regather(status);
             }
             Action::Log => {
                 let rows = usize::from(consoles.size.rows.saturating_sub(3));
@@ -510,6 +676,21 @@ mod tests {
     fn only_pid_1_means_init() {
         assert!(is_init(1));
         assert!(!is_init(4242));
+    }
+
+    #[test]
+    fn the_screen_comes_once_disks_stop_appearing_or_the_drivers_are_in() {
+        let settled = DISKS_STABLE;
+        let early = DISKS_STABLE / 2;
+        // Disks there and steady: show them, even with drivers still loading.
+        assert!(disks_settled(false, true, settled));
+        assert!(disks_settled(true, true, settled));
+        // No disks yet while drivers load: they may still come.
+        assert!(!disks_settled(false, false, settled));
+        // Drivers in and no disks: that is the answer.
+        assert!(disks_settled(true, false, settled));
+        // A set that just changed is not steady yet.
+        assert!(!disks_settled(true, true, early));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Loading the drivers for the devices present: every `modalias` below
 //! `/sys/devices` is matched against the initramfs's module index (the pure
 //! [`modules_for_modaliases`]), and the modules are handed to `finit_module` on
-//! [`LOADERS`] threads, each as soon as the modules it depends on are in (the pure
+//! [`loaders`] threads, each as soon as the modules it depends on are in (the pure
 //! [`prerequisites`]), so one slow probe (ata_piix waiting on emulated IDE ports)
 //! does not hold up the others. The modaliases are read again whenever a module is
 //! in, as new devices appear once a bus driver is loaded; bounded in time. The
-//! filesystems recovery needs, by name, go in the first batch.
+//! filesystems and device-mapper targets recovery needs ([`ALWAYS`]) are loaded by
+//! name with [`load_named`], apart: PID 1 does that after the first screen, so on a
+//! small (or emulated) CPU they do not hold up the disks' drivers.
 //!
 //! Does not own: the index or the matcher (`initramfs::modules`), nor waiting for the
 //! disks that the drivers find (`mod.rs`).
@@ -32,6 +34,18 @@ pub const ALWAYS: &[&str] = &[
     "nls_iso8859_1",
     "dm_snapshot",
 ];
+
+/// The modules (names or aliases) that mounting a filesystem of libblkid's `TYPE`
+/// needs, before [`ALWAYS`] is in: ext2 and ext3 are mounted by ext4, which mounts
+/// nothing with `metadata_csum` until a crc32c is there; vfat wants the code page and
+/// character set its mount options default to.
+pub fn for_filesystem(kind: &str) -> Vec<&str> {
+    match kind {
+        "ext2" | "ext3" | "ext4" => vec!["crc32c", "ext4"],
+        "vfat" => vec!["vfat", "nls_cp437", "nls_iso8859_1"],
+        other => vec![other],
+    }
+}
 
 /// What happened to one module.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,9 +153,21 @@ pub fn load_file(path: &Path) -> Loaded {
     }
 }
 
-/// Threads handing modules to the kernel at once. Module init mostly waits (on
-/// emulated hardware, on timeouts), so more threads than CPUs pays.
+/// At most this many threads hand modules to the kernel at once.
 pub const LOADERS: usize = 6;
+
+/// Threads to load with: one per CPU, up to [`LOADERS`]. A module's init is mostly
+/// CPU work (relocation, signature check, probing); what waits on hardware (ATA
+/// ports, USB hubs) is done by the kernel's own asynchronous probing after init
+/// returns. More threads than CPUs only share the CPU out: on a one-CPU guest, six
+/// threads let ata_piix's probe hold up virtio_pci's, and the disks came 0.2 s
+/// later.
+pub fn loaders() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, LOADERS)
+}
 
 /// For each module of `batch` (in load order), the indexes in `batch` of the modules
 /// that must be in before it: its dependencies and soft pre-dependencies, and the
@@ -189,6 +215,8 @@ struct Queue {
     planned: Vec<String>,
     /// Per planned module: the planned modules it waits for.
     waits_for: Vec<Vec<usize>>,
+    /// Per planned module: the round of modaliases that brought it.
+    round: Vec<u32>,
     /// Per planned module: not started, started, finished.
     started: Vec<bool>,
     finished: Vec<bool>,
@@ -199,8 +227,8 @@ struct Queue {
 }
 
 impl Queue {
-    /// Adds `names` (in load order, none planned before).
-    fn plan(&mut self, index: &Index, names: &[String]) {
+    /// Adds `names` (in load order, none planned before), brought by `round`.
+    fn plan(&mut self, index: &Index, names: &[String], round: u32) {
         let base = self.planned.len();
         let mut all = self.planned.clone();
         all.extend(names.iter().cloned());
@@ -208,15 +236,27 @@ impl Queue {
         for (i, name) in names.iter().enumerate() {
             self.planned.push(name.clone());
             self.waits_for.push(pre[base + i].clone());
+            self.round.push(round);
             self.started.push(false);
             self.finished.push(false);
         }
     }
 
-    /// The first module not started whose prerequisites are all finished.
+    /// The module to start next: of those not started whose prerequisites are all
+    /// finished, one from the latest round, first planned. A later round's modules
+    /// drive devices that a bus driver just found (virtio_blk once virtio_pci is
+    /// in): finishing a chain first brings its disks sooner, which on a small CPU
+    /// matters more than starting everything at once.
     fn next_ready(&self) -> Option<usize> {
-        (0..self.planned.len())
-            .find(|&i| !self.started[i] && self.waits_for[i].iter().all(|&j| self.finished[j]))
+        let ready = (0..self.planned.len())
+            .filter(|&i| !self.started[i] && self.waits_for[i].iter().all(|&j| self.finished[j]));
+        let mut best: Option<usize> = None;
+        for i in ready {
+            if best.is_none_or(|b| self.round[i] > self.round[b]) {
+                best = Some(i);
+            }
+        }
+        best
     }
 
     fn busy(&self) -> bool {
@@ -250,11 +290,32 @@ fn loader(index: &Index, mod_dir: &Path, queue: &Mutex<Queue>, cv: &Condvar) {
     }
 }
 
-/// Loads drivers for the devices below `sys/devices`, and the [`ALWAYS`] modules,
-/// on [`LOADERS`] threads, reading the modaliases again each time a module is in,
-/// until nothing is loading and no new modalias appeared, or `deadline` passes (then
-/// nothing more is started, and what is loading is waited for).
+/// Loads drivers for the devices below `sys/devices` on [`loaders`] threads, reading
+/// the modaliases again each time a module is in, until nothing is loading and no
+/// new modalias appeared, or `deadline` passes (then nothing more is started, and
+/// what is loading is waited for).
 pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Instant) -> Report {
+    load(index, mod_dir, Some(sys), &[], deadline)
+}
+
+/// Loads the modules `names` (names or aliases, as [`Index::load_order`] takes them)
+/// with their dependencies, on [`loaders`] threads, until all are tried or
+/// `deadline` passes. A module loaded already comes back as
+/// [`Loaded::AlreadyThere`]; so does one another thread is loading at the same time
+/// (the kernel waits for it to finish, then says `EEXIST`).
+pub fn load_named(index: &Index, mod_dir: &Path, names: &[&str], deadline: Instant) -> Report {
+    load(index, mod_dir, None, names, deadline)
+}
+
+/// [`load_for_devices`] when `sys` is given, then the modules `names` in the first
+/// batch.
+fn load(
+    index: &Index,
+    mod_dir: &Path,
+    sys: Option<&Path>,
+    names: &[&str],
+    deadline: Instant,
+) -> Report {
     let queue = Mutex::new(Queue::default());
     let cv = Condvar::new();
     let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,13 +323,16 @@ pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Ins
     let mut tried: BTreeSet<String> = BTreeSet::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     std::thread::scope(|scope| {
-        for _ in 0..LOADERS {
+        for _ in 0..loaders() {
             scope.spawn(|| loader(index, mod_dir, &queue, &cv));
         }
         let mut first = true;
         let mut done_seen = 0;
         loop {
-            let now = collect_modaliases(&sys.join("devices"));
+            let now = match sys {
+                Some(sys) => collect_modaliases(&sys.join("devices")),
+                None => BTreeSet::new(),
+            };
             let new: Vec<String> = now.difference(&seen).cloned().collect();
             let mut plan = Vec::new();
             if !new.is_empty() {
@@ -278,7 +342,7 @@ pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Ins
             }
             if first {
                 first = false;
-                plan.extend(index.load_order(ALWAYS));
+                plan.extend(index.load_order(names));
             }
             let plan: Vec<String> = plan
                 .into_iter()
@@ -286,7 +350,7 @@ pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Ins
                 .collect();
             let mut q = lock();
             if !plan.is_empty() {
-                q.plan(index, &plan);
+                q.plan(index, &plan, report.rounds);
                 cv.notify_all();
             }
             if !q.busy() {
@@ -428,6 +492,28 @@ mod tests {
         assert!(pos("crc32c_generic") < pos("ext4"), "{order:?}");
         for m in ["vfat", "dm_snapshot", "dm_mod", "jbd2"] {
             assert!(order.iter().any(|x| x == m), "{m} missing from {order:?}");
+        }
+    }
+
+    #[test]
+    fn a_filesystem_brings_what_mounting_it_needs() {
+        let index = index();
+        let ext = index.load_order(&for_filesystem("ext3"));
+        let pos = |m: &str| ext.iter().position(|x| x == m).unwrap();
+        assert!(pos("crc32c_generic") < pos("ext4"), "{ext:?}");
+        // (The fixture index has no code pages; the list names them.)
+        assert_eq!(index.load_order(&for_filesystem("vfat")), ["fat", "vfat"]);
+        assert_eq!(
+            for_filesystem("vfat"),
+            ["vfat", "nls_cp437", "nls_iso8859_1"]
+        );
+        assert_eq!(
+            index.load_order(&for_filesystem("xfs")).last().unwrap(),
+            "xfs"
+        );
+        // Each is in the list loaded after the first screen anyway.
+        for kind in ["ext4", "vfat"] {
+            assert!(for_filesystem(kind).iter().all(|m| ALWAYS.contains(m)));
         }
     }
 

@@ -3,8 +3,11 @@
 //! then start-up notes. A pure function of a [`Status`] value, cut to the console's
 //! width.
 //!
+//! PID 1 shows it while the recovery console starts and when the console keeps
+//! crashing; the console draws the same disk lines ([`disk_lines`]).
+//!
 //! Does not own: gathering the values (`mod.rs`), the menu line (`menu.rs`), the
-//! ratatui recovery console that will replace this screen.
+//! ratatui recovery console (`console`).
 
 use std::fmt::Write;
 
@@ -78,7 +81,8 @@ fn primary_line(roles: &DiskRoles) -> String {
     }
 }
 
-fn secondary_line(roles: &DiskRoles) -> String {
+/// The "Secondary:" line.
+pub fn secondary_line(roles: &DiskRoles) -> String {
     match &roles.secondary {
         SecondaryStatus::Present { disk } => format!("Secondary: {disk}"),
         SecondaryStatus::Missing => "Secondary: MISSING".into(),
@@ -94,10 +98,11 @@ fn fit(line: &str, cols: usize) -> String {
     line.chars().take(cols).collect()
 }
 
-/// The screen's lines, each at most `cols` characters.
-pub fn render(s: &Status, cols: u16) -> Vec<String> {
-    let mut out: Vec<String> = vec![HEADING.to_string(), String::new()];
-    match &s.inventory {
+/// Two lines per disk: name, transport, size, serial and model; then its state and
+/// role. The recovery console's status screen shows the same lines.
+pub fn disk_lines(inventory: Option<&Inventory>, roles: Option<&DiskRoles>) -> Vec<String> {
+    let mut out = Vec::new();
+    match inventory {
         None => out.push("Disks: not looked at (see the notes below)".into()),
         Some(inv) if inv.disks.is_empty() => out.push("Disks: none found".into()),
         Some(inv) => {
@@ -114,34 +119,42 @@ pub fn render(s: &Status, cols: u16) -> Vec<String> {
                 }
                 out.push(line);
                 let mut state = format!("         {}", d.state);
-                if let Some(r) = s
-                    .roles
-                    .as_ref()
-                    .and_then(|r| r.disks.iter().find(|x| x.disk == d.name))
-                {
+                if let Some(r) = roles.and_then(|r| r.disks.iter().find(|x| x.disk == d.name)) {
                     let _ = write!(state, "; {}", role(&r.role));
                 }
                 out.push(state);
             }
         }
     }
-    out.push(String::new());
-    match &s.recorded {
+    out
+}
+
+/// Where the recorded identities came from, or why there are none.
+pub fn recorded_line(recorded: &RecordedState) -> String {
+    match recorded {
         RecordedState::NoRecoveryFilesystem => {
-            out.push(format!(
-                "Recorded disks: none (no filesystem labelled {RECOVERY_LABEL})"
-            ));
-            out.push("Primary: unknown, no recorded identities to compare with".into());
+            format!("Recorded disks: none (no filesystem labelled {RECOVERY_LABEL})")
         }
         RecordedState::Unreadable { device, reason } => {
-            out.push(format!(
-                "Recorded disks: {} unreadable: {reason}",
-                device.display()
-            ));
-            out.push("Primary: unknown, no recorded identities to compare with".into());
+            format!("Recorded disks: {} unreadable: {reason}", device.display())
         }
         RecordedState::Found { device, .. } => {
-            out.push(format!("Recorded disks: read from {}", device.display()));
+            format!("Recorded disks: read from {}", device.display())
+        }
+    }
+}
+
+/// The screen's lines, each at most `cols` characters.
+pub fn render(s: &Status, cols: u16) -> Vec<String> {
+    let mut out: Vec<String> = vec![HEADING.to_string(), String::new()];
+    out.extend(disk_lines(s.inventory.as_ref(), s.roles.as_ref()));
+    out.push(String::new());
+    out.push(recorded_line(&s.recorded));
+    match &s.recorded {
+        RecordedState::NoRecoveryFilesystem | RecordedState::Unreadable { .. } => {
+            out.push("Primary: unknown, no recorded identities to compare with".into());
+        }
+        RecordedState::Found { .. } => {
             if let Some(roles) = &s.roles {
                 out.push(primary_line(roles));
                 out.push(secondary_line(roles));

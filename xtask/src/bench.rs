@@ -797,7 +797,7 @@ mod tests {
 // Median of [`BOOT_RUNS`]; a table on stdout and `target/bench/boot.json`.
 
 /// Boots of each kind; the median counts.
-const BOOT_RUNS: usize = 3;
+const BOOT_RUNS: usize = 5;
 /// The issue's target for our overhead over a trivial `/init`.
 const BOOT_OVERHEAD_TARGET_SECS: f64 = 1.0;
 /// PID 1's status screen's first line (`init::status::TITLE` and its suffix).
@@ -809,14 +809,23 @@ struct BootReport {
     initrd: String,
     kernel: String,
     accel: String,
+    initrd_format: String,
     initrd_compressed_bytes: u64,
     initrd_uncompressed_bytes: u64,
+    /// `/proc/loadavg` before and after: the host is shared, and load shows in
+    /// emulated boot times.
+    host_load_before: String,
+    host_load_after: String,
     runs: usize,
     /// Every run, seconds from QEMU start.
     trivial_secs: Vec<f64>,
     status_screen_secs: Vec<f64>,
+    /// Until the screen's drivers line says they are all in (it first says "still
+    /// loading" when the disks came before the last drivers).
+    drivers_in_secs: Vec<f64>,
     trivial_median_secs: f64,
     status_screen_median_secs: f64,
+    drivers_in_median_secs: f64,
     overhead_secs: f64,
     overhead_target_secs: f64,
     overhead_met: bool,
@@ -826,6 +835,35 @@ fn median_secs(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The host's load averages, as `/proc/loadavg` gives them.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// The recovery image's compression (from its magic number) and its cpio's size.
+fn initrd_format_and_size(initrd: &Path) -> Result<(&'static str, u64)> {
+    let bytes = fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    if bytes.starts_with(&understudy::initramfs::lz4::MAGIC.to_le_bytes()) {
+        let cpio = understudy::initramfs::lz4::decompress(&bytes[..])
+            .with_context(|| format!("decompressing {}", initrd.display()))?;
+        return Ok(("lz4", cpio.len() as u64));
+    }
+    if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let n: u64 = Cmd::bash(r#"zstd -dc -- "$1" | wc -c"#)
+            .arg("zstd")
+            .arg(initrd)
+            .output()
+            .context("decompressing the recovery image to measure it")?
+            .trim()
+            .parse()
+            .context("reading wc's byte count")?;
+        return Ok(("zstd", n));
+    }
+    Ok(("uncompressed", bytes.len() as u64))
 }
 
 /// `cargo xtask bench --boot`.
@@ -848,14 +886,8 @@ pub fn boot_main() -> Result<()> {
     let compressed = fs::metadata(&initrd)
         .with_context(|| format!("reading the size of {}", initrd.display()))?
         .len();
-    let uncompressed: u64 = Cmd::bash(r#"zstd -dc -- "$1" | wc -c"#)
-        .arg("zstd")
-        .arg(&initrd)
-        .output()
-        .context("decompressing the recovery image to measure it")?
-        .trim()
-        .parse()
-        .context("reading wc's byte count")?;
+    let (format, uncompressed) = initrd_format_and_size(&initrd)?;
+    let host_load_before = loadavg();
 
     let vm_dir = target_dir().join("vm");
     let accel = qemu::accel::choose(&k.vmlinuz, &vm_dir);
@@ -905,6 +937,8 @@ pub fn boot_main() -> Result<()> {
     let bound = Duration::from_secs(120);
     let mut trivial = Vec::new();
     let mut ours = Vec::new();
+    let mut drivers_in = Vec::new();
+    let drivers_line = regex::Regex::new(r"drivers: \d+ loaded")?;
     for run in 0..BOOT_RUNS {
         let mut vm = Machine::start(&machine(&format!("trivial-{run}"), &trivial_initrd)?)?;
         vm.wait_for_text(BOOT_TRIVIAL_MARK, bound)?;
@@ -915,56 +949,81 @@ pub fn boot_main() -> Result<()> {
         vm.wait_for_text(BOOT_STATUS_TITLE, bound)?;
         ours.push(vm.elapsed().as_secs_f64());
         vm.wait_for_text("[p] power off", Duration::from_secs(30))?;
+        // The first screen already lists the disks (PID 1 draws it once they are
+        // found): the time above is to a screen a technician can act on.
+        let screen = vm.screen_text();
+        for (_, serial, _) in disks {
+            if !screen.contains(serial) {
+                bail!(
+                    "PID 1's first status screen does not list {serial}:\n{}",
+                    vm.console().framed_screen()
+                );
+            }
+        }
+        vm.wait_for_text(drivers_line.clone(), Duration::from_secs(60))?;
+        drivers_in.push(vm.elapsed().as_secs_f64());
         vm.send_keys("p")?;
         vm.wait_shutdown(Duration::from_secs(30))?;
         eprintln!(
-            "bench: boot run {}: trivial /init {:.2} s, status screen {:.2} s",
+            "bench: boot run {}: trivial /init {:.2} s, status screen {:.2} s, drivers all in {:.2} s",
             run + 1,
             trivial[run],
-            ours[run]
+            ours[run],
+            drivers_in[run]
         );
     }
     let t = median_secs(&trivial);
     let o = median_secs(&ours);
+    let d = median_secs(&drivers_in);
     let report = BootReport {
         initrd: initrd.display().to_string(),
         kernel: kernel.display().to_string(),
         accel: accel.name().to_string(),
+        initrd_format: format.to_string(),
         initrd_compressed_bytes: compressed,
+        host_load_before,
+        host_load_after: loadavg(),
         initrd_uncompressed_bytes: uncompressed,
         runs: BOOT_RUNS,
         trivial_secs: trivial,
         status_screen_secs: ours,
+        drivers_in_secs: drivers_in,
         trivial_median_secs: t,
         status_screen_median_secs: o,
+        drivers_in_median_secs: d,
         overhead_secs: o - t,
         overhead_target_secs: BOOT_OVERHEAD_TARGET_SECS,
         overhead_met: o - t < BOOT_OVERHEAD_TARGET_SECS,
     };
     let mib = |b: u64| b as f64 / 1048576.0;
     println!("\n== boot ({}, median of {BOOT_RUNS}) ==", report.accel);
-    println!("{:<44} {:>10}", "what", "value");
+    println!("{:<50} {:>10}", "what", "value");
     println!(
-        "{:<44} {:>7.1} MiB",
-        "recovery initrd, compressed (zstd)",
+        "{:<50} {:>7.1} MiB",
+        &format!("recovery initrd, compressed ({format})"),
         mib(compressed)
     );
     println!(
-        "{:<44} {:>7.1} MiB",
+        "{:<50} {:>7.1} MiB",
         "recovery initrd, uncompressed",
         mib(uncompressed)
     );
-    println!("{:<44} {:>8.2} s", "QEMU start -> trivial /init marker", t);
-    println!("{:<44} {:>8.2} s", "QEMU start -> PID 1 status screen", o);
+    println!("{:<50} {:>8.2} s", "QEMU start -> trivial /init marker", t);
+    println!("{:<50} {:>8.2} s", "QEMU start -> PID 1 status screen, disks listed", o);
+    println!("{:<50} {:>8.2} s", "QEMU start -> same screen, all drivers in", d);
     println!(
-        "{:<44} {:>8.2} s  (target < {BOOT_OVERHEAD_TARGET_SECS:.1} s: {})",
-        "our overhead",
+        "{:<50} {:>8.2} s  (target < {BOOT_OVERHEAD_TARGET_SECS:.1} s: {})",
+        "our overhead (to the screen with the disks)",
         o - t,
         if report.overhead_met {
             "met"
         } else {
             "NOT met"
         }
+    );
+    println!(
+        "host load average (1, 5, 15 min): {} before, {} after",
+        report.host_load_before, report.host_load_after
     );
     let json_path = target_dir().join("bench").join("boot.json");
     fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")

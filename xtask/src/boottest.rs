@@ -7,7 +7,9 @@
 //! primary (healthy) and the secondary by their serial numbers; with the primary
 //! removed, GRUB picks the emergency copy or the recovery console by the environment
 //! block with no keypress (a torn copy A falling back to B), and PID 1 says the
-//! primary is missing.
+//! primary is missing. Booting from the primary instead, its own GRUB menu has the
+//! "Recovery" entry `grub/40_understudy` prints (as `update-grub` pastes it on a
+//! provisioned appliance), and choosing it reaches PID 1 from the secondary.
 //!
 //! The emergency copy holds the same kernel and a stand-in initrd that prints
 //! `EMERGENCY SYSTEM UP` with its command line. Does not own: the harness (`qemu/`),
@@ -47,6 +49,16 @@ pub const FALLBACK_OVMF: Scenario = Scenario {
     firmware: Firmware::Ovmf,
     run: fallback,
 };
+pub const PRIMARY_RECOVERY_SEABIOS: Scenario = Scenario {
+    name: "grub-primary-recovery-entry",
+    firmware: Firmware::SeaBios,
+    run: primary_recovery_entry,
+};
+pub const PRIMARY_RECOVERY_OVMF: Scenario = Scenario {
+    name: "grub-primary-recovery-entry-ovmf",
+    firmware: Firmware::Ovmf,
+    run: primary_recovery_entry,
+};
 
 const EMERGENCY_MARK: &str = "EMERGENCY SYSTEM UP";
 /// PID 1's status screen's first line and its menu (`init::status`, `init::menu`).
@@ -58,6 +70,11 @@ const AUTO_NOTE: &str = "understudy.mode=auto";
 /// The virtio serial numbers the disks get, and so their recorded identities.
 pub const PRIMARY_SERIAL: &str = "US-PRIMARY-0001";
 pub const SECONDARY_SERIAL: &str = "US-SECONDARY-0002";
+
+/// The primary's own menu entry.
+const PRIMARY_TITLE: &str = "Test appliance";
+/// What `grub/40_understudy`'s entry says before it loads the kernel.
+const SNIPPET_SAYS: &str = "Loading the understudy recovery console from the secondary disk";
 
 /// From QEMU start to GRUB's menu (OVMF under TCG takes a while).
 const TO_MENU: Duration = Duration::from_secs(60);
@@ -117,8 +134,9 @@ struct Disks {
     recovery_initrd: PathBuf,
 }
 
-/// The primary (GPT, ESP, an ext4 root with only GRUB's configuration in it: it is
-/// never booted here) and the initrds, built once per scenario.
+/// The primary (GPT, ESP, an ext4 root with only GRUB's configuration in it, with the
+/// "Recovery" entry: its own system is never booted here) and the initrds, built
+/// once per scenario.
 fn disks(ctx: &Ctx) -> Result<Disks> {
     let tree = ctx.dir.join("primary-root");
     std::fs::create_dir_all(tree.join("boot"))
@@ -129,8 +147,9 @@ fn disks(ctx: &Ctx) -> Result<Disks> {
         output: primary.clone(),
         tree,
         root: Bytes(16 << 20),
-        title: "Test appliance".into(),
+        title: PRIMARY_TITLE.into(),
         cmdline: "console=ttyS0".into(),
+        recovery_entry: Some(images::RECOVERY_UUID.to_string()),
     })?;
     Ok(Disks {
         primary,
@@ -189,16 +208,28 @@ fn secondary(ctx: &Ctx, tag: &str, case: EnvCase, d: &Disks) -> Result<PathBuf> 
 /// The secondary boots first; the primary is attached when given, second in the
 /// boot order.
 fn start(ctx: &Ctx, secondary: &Path, primary: Option<&Path>) -> Result<Machine> {
+    start_in_order(ctx, secondary, primary, false)
+}
+
+/// Both disks virtio, the primary (when given) first on the bus; the secondary boots
+/// first unless `primary_first`.
+fn start_in_order(
+    ctx: &Ctx,
+    secondary: &Path,
+    primary: Option<&Path>,
+    primary_first: bool,
+) -> Result<Machine> {
+    let (primary_index, secondary_index) = if primary_first { (1, 2) } else { (2, 1) };
     let mut spec = ctx.spec();
     if let Some(p) = primary {
         let mut disk = DiskSpec::virtio("primary", p, ImageFormat::Raw, PRIMARY_SERIAL);
         // OVMF connects only the disks in the boot order: without this GRUB would
-        // not see the primary under UEFI.
-        disk.bootindex = Some(2);
+        // not see the other disk under UEFI.
+        disk.bootindex = Some(primary_index);
         spec.disks.push(disk);
     }
     let mut disk = DiskSpec::virtio("secondary", secondary, ImageFormat::Raw, SECONDARY_SERIAL);
-    disk.bootindex = Some(1);
+    disk.bootindex = Some(secondary_index);
     spec.disks.push(disk);
     Machine::start(&spec)
 }
@@ -390,4 +421,60 @@ fn fallback(ctx: &Ctx) -> Result<Vec<String>> {
         ));
     }
     Ok(notes)
+}
+
+/// Booting from the primary: its GRUB menu has its own entry and "Recovery" (from
+/// `grub/40_understudy`); Down, Enter: GRUB finds the secondary's recovery filesystem
+/// by UUID and boots our PID 1 from it in recovery mode, which shows both disks by
+/// their roles. The primary holds no kernel or initrd at all, so the screen can only
+/// have come from the secondary.
+fn primary_recovery_entry(ctx: &Ctx) -> Result<Vec<String>> {
+    ctx.booted_kernel.set(true);
+    let d = disks(ctx)?;
+    let image = secondary(ctx, "not-ready", EnvCase::NotReady, &d)?;
+    let mut vm = start_in_order(ctx, &image, Some(&d.primary), true)?;
+    vm.wait_for_text(PRIMARY_TITLE, TO_MENU)?;
+    vm.wait_for_text("Recovery", STEP)?;
+    // Down stops the primary's 2 s countdown and selects the second entry.
+    vm.send_key(Key::Down)?;
+    let menu = vm.elapsed();
+    let screen = vm.screen_text();
+    if !screen.contains(PRIMARY_TITLE) {
+        bail!(
+            "this is not the primary's menu (no {PRIMARY_TITLE:?}):\n{}",
+            vm.console().framed_screen()
+        );
+    }
+    if screen.contains(boot::TITLE_RECOVERY) {
+        bail!(
+            "the secondary's menu came up, not the primary's:\n{}",
+            vm.console().framed_screen()
+        );
+    }
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(SNIPPET_SAYS, BOOT)?;
+    let up = status_screen(
+        &vm,
+        &[
+            disk_with_role(PRIMARY_SERIAL, "PRIMARY"),
+            disk_with_role(SECONDARY_SERIAL, "SECONDARY"),
+            r"Primary: healthy \(vd[a-z]\)".into(),
+            r"Recorded disks: read from /dev/vd[a-z]3".into(),
+        ],
+        &[AUTO_NOTE],
+    )?;
+    vm.send_keys("p")?;
+    let off = expect_poweroff(&mut vm)?;
+    Ok(vec![
+        format!(
+            "primary's GRUB menu ({PRIMARY_TITLE:?}, \"Recovery\") {} after QEMU start",
+            secs(menu)
+        ),
+        format!("\"Recovery\": GRUB said {SNIPPET_SAYS:?}"),
+        format!(
+            "PID 1 status screen {} after QEMU start: primary {PRIMARY_SERIAL} healthy, secondary {SECONDARY_SERIAL}",
+            secs(up)
+        ),
+        format!("`p`: {off}"),
+    ])
 }

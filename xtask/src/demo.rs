@@ -224,6 +224,7 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
         root: Bytes(64 * MIB),
         title: "Demo appliance".into(),
         cmdline: format!("ro {}", boot::CONSOLES),
+        recovery_entry: Some(images::RECOVERY_UUID.to_string()),
     })?;
 
     let mut menu = images::test_boot();

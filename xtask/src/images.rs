@@ -12,7 +12,8 @@
 //! Also a small primary disk for the demo and the boot tests ([`build_primary`]): GPT,
 //! an ext4 root filled from a tree, and GRUB (BIOS and UEFI) booting the kernel and
 //! initrd in that tree, so the secondary's "Primary disk" entry has something to
-//! chainload.
+//! chainload; optionally with the "Recovery" entry that `grub/40_understudy` prints,
+//! as `update-grub` on a provisioned appliance pastes it ([`recovery_snippet`]).
 //!
 //! Does not own: what GRUB's configuration says or the environment block format
 //! (`understudy::boot`), booting the images (`boottest.rs`, `demo.rs`).
@@ -303,6 +304,32 @@ pub struct PrimarySpec {
     /// The GRUB menu entry's title and the kernel's command line after `root=`.
     pub title: String,
     pub cmdline: String,
+    /// The secondary's recovery filesystem UUID: when given, the primary's menu also
+    /// has the "Recovery" entry that reaches it ([`recovery_snippet`]).
+    pub recovery_entry: Option<String>,
+}
+
+/// What `grub/40_understudy` prints for a secondary whose recovery filesystem has
+/// `uuid`: the script itself, run as `update-grub` runs it, with its configuration
+/// file (`UNDERSTUDY_RECOVERY_UUID=`, as provision writes it) in `work`.
+pub fn recovery_snippet(work: &Path, uuid: &str) -> Result<String> {
+    let conf = work.join("understudy-grub.conf");
+    write(
+        &conf,
+        format!("UNDERSTUDY_RECOVERY_UUID={uuid}\n").as_bytes(),
+    )?;
+    let script = crate::repo_root().join("grub/40_understudy");
+    let out = Cmd::new("sh")
+        .arg(&script)
+        .env("UNDERSTUDY_GRUB_CONF", &conf)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.contains("menuentry \"Recovery\"") && out.contains(uuid),
+        "{} printed no Recovery entry for {uuid}:\n{out}",
+        script.display()
+    );
+    Ok(out)
 }
 
 /// Builds a primary: GPT with a BIOS boot partition, an ESP and an ext4 root
@@ -355,13 +382,16 @@ pub fn build_primary(spec: &PrimarySpec) -> Result<Bytes> {
         ("APPL-ESP", PRIMARY_ESP_VOLUME_ID),
         &efi,
     )?;
-    let cfg = format!(
+    let mut cfg = format!(
         "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
          set timeout=2\nset default=0\n\
          menuentry \"{title}\" {{\n  linux /boot/vmlinuz root=UUID={PRIMARY_ROOT_UUID} {cmdline}\n  initrd /boot/initrd.img\n}}\n",
         title = spec.title,
         cmdline = spec.cmdline,
     );
+    if let Some(uuid) = &spec.recovery_entry {
+        cfg.push_str(&recovery_snippet(work, uuid)?);
+    }
     let cfg_path = spec.tree.join("grub/grub.cfg");
     if let Some(dir) = cfg_path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <corpus|bench|test|demo>` (or `./x ...`).
 
+mod appliance;
 mod bench;
 mod corpus;
 mod demo;

@@ -26,6 +26,18 @@ mod pid1test;
 #[path = "boottest.rs"]
 mod boottest;
 
+#[path = "consoletest.rs"]
+mod consoletest;
+
+#[path = "restore_engine_test.rs"]
+mod restore_engine_test;
+
+#[path = "provisiontest.rs"]
+mod provisiontest;
+
+#[path = "restoretest.rs"]
+mod restoretest;
+
 /// No scenario runs longer than this, whatever its own waits say.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 /// From QEMU start to the init script's first line, under TCG.
@@ -109,9 +121,19 @@ const SCENARIOS: &[Scenario] = &[
     boottest::MENU_OVMF,
     boottest::FALLBACK_SEABIOS,
     boottest::FALLBACK_OVMF,
+    boottest::PRIMARY_RECOVERY_SEABIOS,
+    boottest::PRIMARY_RECOVERY_OVMF,
     pid1test::STATUS_SHELL_POWEROFF,
     pid1test::PANIC_HOOK,
     pid1test::OVERHEAD,
+    consoletest::AUTO_KEXEC,
+    consoletest::UNREADABLE,
+    restore_engine_test::RESTORE_ENGINE,
+    restoretest::SAME_SIZE,
+    restoretest::LARGER,
+    restoretest::SMALLER,
+    restoretest::CORRUPT,
+    provisiontest::FIXTURE,
 ];
 
 /// How a set of scenarios went.

@@ -1,0 +1,510 @@
+//! The console's executor: sets the current terminal up (raw keys, hidden cursor,
+//! 80x24 when the line reports no size, output mirrored to the VGA console under
+//! PID 1), runs the loop (keys, a clock tick, messages from worker threads, a look at
+//! `/sys/block` for disks coming and going), and carries the effects out: gathering
+//! the situation, the restore child process and its JSON stream, SIGTERM to cancel
+//! it, verifying images, kexec of the emergency copy, reboot, power off, a shell.
+//!
+//! Does not own: any decision (`update`), any drawing (`view`), the facts
+//! (`recovery::gather`), supervising the console (`init::supervise`).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::{cursor, execute, terminal};
+use nix::sys::reboot::{RebootMode, reboot};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::Rect;
+use ratatui::{Terminal, TerminalOptions, Viewport};
+
+use super::msg::{EngineEvent, Key, Msg};
+use super::state::{Options, State};
+use super::update::{Effect, update};
+use super::view::view;
+use crate::cmd::Cmd;
+use crate::cmdline::Cmdline;
+use crate::disk::Inventory;
+use crate::init::console::{CLEAR, Size, effective_size};
+use crate::init::mounts::MountGuard;
+use crate::recovery::emergency::EmergencyBoot;
+use crate::recovery::gather::{self, MOUNT_ROOT};
+use crate::recovery::images;
+use crate::recovery::situation::{self, Situation};
+use crate::sys;
+
+/// How often the loop wakes with no key.
+const TICK: Duration = Duration::from_millis(250);
+/// How often the set of disks is looked at.
+const DISKS_EVERY: Duration = Duration::from_secs(2);
+
+/// How `understudy console` was asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// No colours (also with `TERM=dumb` or `understudy.color=0`).
+    pub no_color: bool,
+    /// Automatic mode (also with `understudy.mode=auto`).
+    pub auto: bool,
+    /// Images from this directory instead of the images partition.
+    pub images: Option<PathBuf>,
+    /// PID 1's start-up notes, one a line.
+    pub notes: Option<PathBuf>,
+}
+
+/// The options from the configuration, the kernel command line and `TERM`.
+pub fn options(cfg: &Config, cmdline: &Cmdline, term: Option<&str>) -> Options {
+    Options {
+        auto: cfg.auto || cmdline.get("understudy.mode") == Some("auto"),
+        color: !cfg.no_color
+            && term != Some("dumb")
+            && !matches!(cmdline.get("understudy.color"), Some("0" | "no" | "off")),
+    }
+}
+
+/// Output to the console and, when it is another device, the VGA console too.
+struct Tee {
+    out: io::Stdout,
+    vga: Option<File>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(v) = self.vga.as_mut() {
+            // The VGA console is a mirror: its errors are not the technician's.
+            let _ = v.write_all(buf);
+        }
+        self.out.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(v) = self.vga.as_mut() {
+            let _ = v.flush();
+        }
+        self.out.flush()
+    }
+}
+
+/// `/dev/tty1` when this process runs on another console (PID 1's serial line).
+fn vga_mirror() -> Option<File> {
+    let ours = std::fs::metadata("/proc/self/fd/1").ok()?;
+    let console = std::fs::metadata("/dev/console").ok()?;
+    let tty1 = std::fs::metadata("/dev/tty1").ok()?;
+    (ours.rdev() == console.rdev() && console.rdev() != tty1.rdev())
+        .then(|| OpenOptions::new().write(true).open("/dev/tty1").ok())
+        .flatten()
+}
+
+type Term = Terminal<CrosstermBackend<Tee>>;
+
+/// The terminal in raw mode; put back as it was when dropped (also on a panic).
+struct TerminalGuard {
+    term: Term,
+    size: Size,
+}
+
+/// A terminal for `size` cells. Never `Terminal::clear`: it asks the terminal for
+/// the cursor position, and a serial line (or the harness on it) may never answer.
+fn make_term(size: Size) -> Result<Term> {
+    let backend = CrosstermBackend::new(Tee {
+        out: io::stdout(),
+        vga: vga_mirror(),
+    });
+    Terminal::with_options(
+        backend,
+        TerminalOptions {
+            viewport: Viewport::Fixed(Rect::new(0, 0, size.cols, size.rows)),
+        },
+    )
+    .context("setting up the terminal")
+}
+
+impl TerminalGuard {
+    fn new() -> Result<TerminalGuard> {
+        let size = effective_size(sys::window_size(io::stdin()).ok());
+        let mut g = TerminalGuard {
+            term: make_term(size)?,
+            size,
+        };
+        g.enter(size)?;
+        Ok(g)
+    }
+
+    /// Raw mode, no cursor, a cleared screen and a terminal that knows it is clear.
+    fn enter(&mut self, size: Size) -> Result<()> {
+        terminal::enable_raw_mode().context("putting the terminal in raw mode")?;
+        self.term = make_term(size)?;
+        self.size = size;
+        let out = self.term.backend_mut();
+        execute!(out, cursor::Hide).context("hiding the cursor")?;
+        out.write_all(CLEAR.as_bytes())
+            .and_then(|()| out.flush())
+            .context("clearing the terminal")?;
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        let _ = execute!(self.term.backend_mut(), cursor::Show);
+        let _ = terminal::disable_raw_mode();
+        let _ = self.term.backend_mut().write_all(CLEAR.as_bytes());
+        let _ = self.term.backend_mut().flush();
+    }
+
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+fn key(ev: event::KeyEvent) -> Option<Key> {
+    if ev.kind == KeyEventKind::Release {
+        return None;
+    }
+    Some(match ev.code {
+        KeyCode::Char('c') if ev.modifiers.contains(KeyModifiers::CONTROL) => Key::Esc,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        _ => Key::Other,
+    })
+}
+
+/// What the executor holds between effects.
+struct World {
+    sources: gather::Sources,
+    images_mount: Option<MountGuard>,
+    tx: Sender<Msg>,
+    restore: Option<u32>,
+}
+
+impl World {
+    fn situation(&mut self) -> Situation {
+        // Unmount the old view before mounting again at the same place.
+        self.images_mount = None;
+        let g = gather::gather(&self.sources);
+        self.images_mount = g.images_mount;
+        situation::decide(g.facts)
+    }
+}
+
+/// Runs the console on the current terminal until the technician quits (`q`) or the
+/// machine reboots.
+pub fn main(cfg: Config) -> Result<()> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let term_var = std::env::var("TERM").ok();
+    let opts = options(&cfg, &Cmdline::parse(cmdline.trim()), term_var.as_deref());
+    let notes = match &cfg.notes {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| t.lines().map(String::from).collect())
+            .unwrap_or_else(|e| vec![format!("reading {}: {e}", f.display())]),
+        None => Vec::new(),
+    };
+    let (tx, rx) = channel();
+    let mut sources = gather::Sources::system();
+    sources.images_dir = cfg.images.clone();
+    let mut world = World {
+        sources,
+        images_mount: None,
+        tx,
+        restore: None,
+    };
+    let situation = world.situation();
+    let state = State::new(situation, opts, notes);
+    let mut guard = TerminalGuard::new()?;
+    event_loop(&mut guard, state, &mut world, &rx)
+}
+
+fn block_devices() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/block")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn event_loop(
+    guard: &mut TerminalGuard,
+    mut state: State,
+    world: &mut World,
+    rx: &Receiver<Msg>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut disks = block_devices();
+    let mut disks_at = Instant::now();
+    loop {
+        guard
+            .term
+            .draw(|f| view(&state, f))
+            .context("drawing the console")?;
+        let mut msgs = Vec::new();
+        if event::poll(TICK).context("waiting for a key")? {
+            match event::read().context("reading a key")? {
+                Event::Key(k) => msgs.extend(key(k).map(Msg::Key)),
+                Event::Resize(w, h) => guard.enter(effective_size(Some((w, h))))?,
+                _ => {}
+            }
+        }
+        msgs.extend(rx.try_iter());
+        msgs.push(Msg::Tick(started.elapsed()));
+        if disks_at.elapsed() >= DISKS_EVERY && world.restore.is_none() {
+            disks_at = Instant::now();
+            let now = block_devices();
+            if now != disks {
+                disks = now;
+                msgs.push(Msg::Situation(Box::new(world.situation())));
+            }
+        }
+        for m in msgs {
+            if let Msg::Engine(EngineEvent::Exited { .. }) = &m {
+                world.restore = None;
+            }
+            let (next, effects) = update(state, m);
+            state = next;
+            for e in effects {
+                if let Some(Quit) = carry_out(e, guard, &state, world)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+struct Quit;
+
+fn carry_out(
+    e: Effect,
+    guard: &mut TerminalGuard,
+    state: &State,
+    world: &mut World,
+) -> Result<Option<Quit>> {
+    let tx = world.tx.clone();
+    match e {
+        Effect::Quit => return Ok(Some(Quit)),
+        Effect::Refresh => {
+            let s = world.situation();
+            let _ = tx.send(Msg::Situation(Box::new(s)));
+        }
+        Effect::Shell => {
+            guard.leave();
+            println!("{CLEAR}Shell on the console; `exit` comes back to the menu.\r");
+            let how = shell();
+            guard.enter(guard.size)?;
+            let _ = tx.send(Msg::ShellExited(how));
+        }
+        Effect::Reboot | Effect::PowerOff => {
+            let (mode, what) = if e == Effect::Reboot {
+                (RebootMode::RB_AUTOBOOT, "rebooting")
+            } else {
+                (RebootMode::RB_POWER_OFF, "powering off")
+            };
+            guard.leave();
+            println!("{what}...\r");
+            let problem = power(mode);
+            guard.enter(guard.size)?;
+            let _ = tx.send(Msg::EffectFailed(problem));
+        }
+        Effect::BootEmergency(plan) => {
+            // The "starting" screen is up; say it before the machine goes.
+            guard
+                .term
+                .draw(|f| view(state, f))
+                .context("drawing the console")?;
+            match load_emergency(&plan, &state.situation.inventory) {
+                Ok(()) => {
+                    guard.leave();
+                    println!("kexec: starting the emergency copy\r");
+                    nix::unistd::sync();
+                    let e = match reboot(RebootMode::RB_KEXEC) {
+                        Err(e) => e,
+                        Ok(never) => match never {},
+                    };
+                    guard.enter(guard.size)?;
+                    let _ = tx.send(Msg::KexecFailed(format!("reboot(RB_KEXEC): {e}")));
+                }
+                Err(e) => {
+                    let _ = tx.send(Msg::KexecFailed(format!("{e:#}")));
+                }
+            }
+        }
+        Effect::StartRestore { image, target } => {
+            match start_restore(&image, &target, tx.clone()) {
+                Ok(pid) => world.restore = Some(pid),
+                Err(e) => {
+                    let _ = tx.send(Msg::Engine(EngineEvent::Failed {
+                        step: "start".into(),
+                        error: format!("{e:#}"),
+                    }));
+                    let _ = tx.send(Msg::Engine(EngineEvent::Exited {
+                        code: None,
+                        stderr: String::new(),
+                    }));
+                }
+            }
+        }
+        Effect::CancelRestore => {
+            if let Some(pid) = world.restore
+                && let Ok(raw) = i32::try_from(pid)
+                && let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM)
+            {
+                let _ = tx.send(Msg::EffectFailed(format!("SIGTERM to the restore: {e}")));
+            }
+        }
+        Effect::Verify(list) => {
+            std::thread::spawn(move || {
+                for (id, dir) in list {
+                    let result = images::verify(&dir).map_err(|e| format!("{e:#}"));
+                    let _ = tx.send(Msg::Verified { id, result });
+                }
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// busybox's shell with a controlling terminal (so Ctrl-C reaches what it runs) and
+/// `/etc/profile`, as PID 1's menu runs it; `$SHELL` or `/bin/sh` elsewhere.
+fn shell() -> String {
+    let status = if Path::new("/usr/bin/cttyhack").exists() {
+        Cmd::new("/usr/bin/setsid")
+            .args(["/usr/bin/cttyhack", "/bin/sh"])
+            .env("ENV", "/etc/profile")
+            .env("HOME", "/root")
+            .interactive()
+    } else {
+        Cmd::new(std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into())).interactive()
+    };
+    match status {
+        Ok(s) => match s.code() {
+            Some(c) => format!("shell: exited {c}"),
+            None => format!("shell: {s}"),
+        },
+        Err(e) => format!("shell: could not start: {e:#}"),
+    }
+}
+
+/// Syncs, then reboots or powers off; returns why not if that failed.
+fn power(mode: RebootMode) -> String {
+    nix::unistd::sync();
+    match reboot(mode) {
+        Err(e) => format!("{mode:?} failed: {e}"),
+        Ok(never) => match never {},
+    }
+}
+
+/// Mounts the emergency filesystem, and loads its kernel and initrd with its command
+/// line for kexec.
+fn load_emergency(plan: &EmergencyBoot, inv: &Inventory) -> Result<()> {
+    let (device, kind) = inv
+        .disks
+        .iter()
+        .flat_map(|d| &d.partitions)
+        .find_map(|p| match (&p.signature, &p.path) {
+            (Some(s), Some(path))
+                if s.uuid
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(&plan.fs_uuid)) =>
+            {
+                Some((path.clone(), s.kind.clone()))
+            }
+            _ => None,
+        })
+        .with_context(|| {
+            format!(
+                "no filesystem with UUID {} (the emergency copy)",
+                plan.fs_uuid
+            )
+        })?;
+    let guard = MountGuard::read_only(&device, &Path::new(MOUNT_ROOT).join("emergency"), &kind)?;
+    let open = |p: &str| {
+        let path = guard.path().join(p.trim_start_matches('/'));
+        File::open(&path).with_context(|| format!("opening {}", path.display()))
+    };
+    let kernel = open(&plan.kernel)?;
+    let initrd = open(&plan.initrd)?;
+    let cmdline = CString::new(plan.cmdline.clone()).context("a NUL in the command line")?;
+    sys::kexec_file_load(&kernel, &initrd, &cmdline).with_context(|| {
+        format!(
+            "kexec_file_load of {} and {} from {}",
+            plan.kernel,
+            plan.initrd,
+            device.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Starts `understudy restore IMAGE --target DISK --yes --progress=json` (this very
+/// binary); its events go to `tx`, the last one [`EngineEvent::Exited`]. Returns its pid.
+fn start_restore(image: &Path, target: &Path, tx: Sender<Msg>) -> Result<u32> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let cmd = Cmd::new(exe)
+        .arg("restore")
+        .arg(image)
+        .arg("--target")
+        .arg(target)
+        .args(["--yes", "--progress=json"]);
+    let mut child = cmd.spawn_piped()?;
+    let pid = child.id();
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("`{}` has no output pipes", cmd.display());
+    };
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            if tx.send(Msg::Engine(EngineEvent::parse(&line))).is_err() {
+                break;
+            }
+        }
+        let stderr = errors.join().unwrap_or_default();
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let stderr = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
+        let code = child.wait().ok().and_then(|s| s.code());
+        let _ = tx.send(Msg::Engine(EngineEvent::Exited { code, stderr }));
+    });
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_is_off_for_the_flag_a_dumb_terminal_or_the_kernel_key() {
+        let cfg = Config::default();
+        let none = Cmdline::parse("console=ttyS0");
+        assert!(options(&cfg, &none, Some("linux")).color);
+        assert!(!options(&cfg, &none, Some("dumb")).color);
+        assert!(!options(&cfg, &Cmdline::parse("understudy.color=0"), Some("vt100")).color);
+        let no = Config {
+            no_color: true,
+            ..Config::default()
+        };
+        assert!(!options(&no, &none, None).color);
+        assert!(options(&cfg, &Cmdline::parse("understudy.mode=auto"), None).auto);
+        assert!(!options(&cfg, &Cmdline::parse("understudy.mode=recovery"), None).auto);
+    }
+}

@@ -1,0 +1,453 @@
+//! VM scenarios for the restore engine (`understudy restore`, issue 5), through real
+//! parts: the test appliance's image (`appliance.rs`: the Debian corpus, made into an
+//! image by `understudy image create`, layout `/boot` + LVM root + swap) on a
+//! secondary-like disk; our recovery kernel and initramfs booted with a blank virtio
+//! primary; `understudy restore` typed into the recovery shell from the menu as a
+//! technician would; then the restored primary checked from the recovery shell
+//! (`sgdisk -v`, `e2fsck -fn`, every path and every file's MD5 against the image's
+//! trees) and booted alone through its own GRUB to a login on the serial console.
+//! Same size, larger, smaller-but-enough, and a corrupt image refused before the
+//! target is touched. [`restored_primary`] caches the restored same-size primary as
+//! a qcow2 base image for other scenarios.
+//!
+//! The restore runs the dev build of our binary from the image disk (`/img/understudy`),
+//! so the scenarios test the code of this tree without rebuilding the recovery
+//! image's release binary; the recovery image provides the kernel, modules and
+//! tools (lvm, mke2fs, sgdisk). A child module of `vmtest.rs`.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Ctx, Firmware, Scenario, secs};
+use crate::appliance::{self, ImageDisk};
+use crate::qemu::{DirectBoot, DiskSpec, ImageFormat, Key, Machine, MachineSpec};
+use crate::run::Cmd;
+use crate::target_dir;
+
+pub const SAME_SIZE: Scenario = Scenario {
+    name: "restore-same-size",
+    firmware: Firmware::SeaBios,
+    run: same_size,
+};
+pub const LARGER: Scenario = Scenario {
+    name: "restore-larger",
+    firmware: Firmware::SeaBios,
+    run: larger,
+};
+pub const SMALLER: Scenario = Scenario {
+    name: "restore-smaller",
+    firmware: Firmware::SeaBios,
+    run: smaller,
+};
+pub const CORRUPT: Scenario = Scenario {
+    name: "restore-corrupt-image",
+    firmware: Firmware::SeaBios,
+    run: corrupt,
+};
+
+/// These scenarios restore 800 MB under TCG: their own bound, not the harness's.
+const LIMIT: Duration = Duration::from_secs(20 * 60);
+const BOOT: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(60);
+/// Verify, partition, mkfs, extract, grub-install in a chroot, sync.
+const RESTORE: Duration = Duration::from_secs(900);
+const CHECKS: Duration = Duration::from_secs(600);
+/// GRUB, the kernel, the appliance's initramfs activating LVM, systemd to a getty.
+const LOGIN: Duration = Duration::from_secs(420);
+
+const TITLE: &str = understudy::init::status::HEADING;
+const MENU: &str = understudy::init::menu::LINE;
+const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+const PRIMARY_SERIAL: &str = "US-PRIMARY-0001";
+const IMAGES_SERIAL: &str = "US-IMAGES-0002";
+
+fn re(s: &str) -> Result<regex::Regex> {
+    Ok(regex::Regex::new(s)?)
+}
+
+/// The recovery kernel and initramfs (`cargo xtask initramfs`).
+fn recovery_initrd() -> Result<PathBuf> {
+    let initrd = target_dir().join("recovery/initrd.img");
+    if !initrd.is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask initramfs` first",
+            initrd.display()
+        );
+    }
+    Ok(initrd)
+}
+
+fn spec(ctx: &Ctx, deadline: Instant) -> MachineSpec {
+    let mut spec = ctx.spec();
+    spec.deadline = Some(deadline);
+    spec.memory_mib = 1024;
+    spec.cpus = 2;
+    spec
+}
+
+/// An overlay over the image disk, so that mounting it (or corrupting it) leaves
+/// the cached disk as it was.
+fn images_overlay(ctx: &Ctx, img: &ImageDisk) -> Result<DiskSpec> {
+    let overlay = ctx.dir.join("images.qcow2");
+    crate::qemu::create_overlay(&img.disk, &overlay)?;
+    Ok(DiskSpec::virtio(
+        "images",
+        overlay,
+        ImageFormat::Qcow2,
+        IMAGES_SERIAL,
+    ))
+}
+
+/// Boots the recovery image with `primary` as vda and the image disk as vdb, opens
+/// the shell from the menu and mounts the image disk at `/img`.
+fn recovery_shell(
+    ctx: &Ctx,
+    deadline: Instant,
+    primary: DiskSpec,
+    img: &ImageDisk,
+) -> Result<Machine> {
+    let mut s = spec(ctx, deadline);
+    ctx.booted_kernel.set(true);
+    s.direct_boot = Some(DirectBoot {
+        kernel: ctx.guest.boot_kernel.clone(),
+        initrd: Some(recovery_initrd()?),
+        append: APPEND.into(),
+    });
+    s.disks.push(primary);
+    s.disks.push(images_overlay(ctx, img)?);
+    let vm = Machine::start(&s)?;
+    vm.wait_for_text(TITLE, BOOT)?;
+    vm.wait_for_text(MENU, STEP)?;
+    vm.send_keys("s")?;
+    vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
+    type_line(
+        &vm,
+        "mkdir -p /img && mount /dev/vdb /img && echo IMG-MOUNTED=$?",
+    )?;
+    vm.wait_for_text(re(r"IMG-MOUNTED=0")?, STEP)?;
+    Ok(vm)
+}
+
+fn type_line(vm: &Machine, line: &str) -> Result<()> {
+    vm.send_keys(line)?;
+    vm.send_key(Key::Enter)
+}
+
+/// The last value printed as `NAME=VALUE` on the console so far.
+fn marker(vm: &Machine, name: &str) -> Result<String> {
+    let log = vm.console().log_text()?;
+    let r = re(&format!(r"{}=(\S+)", regex::escape(name)))?;
+    r.captures_iter(&log)
+        .filter(|c| !c[1].starts_with('$'))
+        .last()
+        .map(|c| c[1].to_string())
+        .with_context(|| format!("no {name}= on the console"))
+}
+
+/// Runs `understudy restore` onto /dev/vda; returns its exit code and how long it took.
+fn run_restore(vm: &Machine) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    type_line(
+        vm,
+        &format!(
+            "/img/understudy restore /img/images/{} --target /dev/vda --yes --progress=json; echo RESTORE-RC=$?",
+            appliance::IMAGE_ID
+        ),
+    )?;
+    vm.wait_for_text(re(r"RESTORE-RC=\d+")?, RESTORE)?;
+    Ok((marker(vm, "RESTORE-RC")?, started.elapsed()))
+}
+
+/// The restore's JSON events from the console log: the steps it announced and its
+/// last event.
+fn events(vm: &Machine) -> Result<(Vec<String>, String)> {
+    let log = vm.console().log_text()?;
+    let mut steps = Vec::new();
+    let mut last = String::new();
+    for line in log.lines() {
+        let Some(start) = line.find("{\"") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line[start..].trim_end()) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("phase") => steps.push(v["step"].as_str().unwrap_or("?").to_string()),
+            Some("done" | "failed") => last = v.to_string(),
+            _ => {}
+        }
+    }
+    Ok((steps, last))
+}
+
+/// Runs `check.sh` and fails unless every check passed; returns notes.
+fn checks(vm: &Machine) -> Result<Vec<String>> {
+    let started = Instant::now();
+    vm.clear_screen();
+    type_line(vm, "sh /img/check.sh")?;
+    vm.wait_for_text("CHECKS-DONE", CHECKS)?;
+    let log = vm.console().log_text()?;
+    let tail = &log[log.rfind("sh /img/check.sh").unwrap_or(0)..];
+    let mut problems = Vec::new();
+    for (name, want) in [
+        ("SGDISK-RC", "0"),
+        ("E2FSCK-BOOT-RC", "0"),
+        ("E2FSCK-ROOT-RC", "0"),
+        ("MD5-root-RC", "0"),
+        ("MD5-boot-RC", "0"),
+    ] {
+        let got = marker(vm, name)?;
+        if got != want {
+            problems.push(format!("{name}={got}"));
+        }
+    }
+    if !tail.contains("No problems found") {
+        problems.push("sgdisk -v did not say \"No problems found\"".into());
+    }
+    if tail.contains("MOUNT-FAILED") {
+        problems.push("the restored filesystems did not mount".into());
+    }
+    let mut notes = Vec::new();
+    for fs in ["root", "boot"] {
+        let c = re(&format!(r"PATHS-{fs} missing=(\d+) extra=(\d+)"))?
+            .captures_iter(tail)
+            .last()
+            .with_context(|| format!("no PATHS-{fs} line"))?;
+        if &c[1] != "0" {
+            problems.push(format!("{} paths of {fs} missing after the restore", &c[1]));
+        }
+        notes.push(format!(
+            "{fs}: every path of the image present, {} added by the restore (bootloader)",
+            &c[2]
+        ));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "checks of the restored disk failed: {}\n(see the console log)",
+            problems.join("; ")
+        );
+    }
+    notes.insert(
+        0,
+        format!(
+            "sgdisk -v clean, e2fsck -fn clean on /boot and the root LV, every file's MD5 equal to the image ({})",
+            secs(started.elapsed())
+        ),
+    );
+    Ok(notes)
+}
+
+/// Leaves the shell and powers off from the menu.
+fn power_off(vm: &mut Machine) -> Result<()> {
+    type_line(vm, "cd / ; sync")?;
+    type_line(vm, "exit")?;
+    vm.wait_for_text(MENU, STEP)?;
+    vm.send_keys("p")?;
+    vm.wait_shutdown(STEP)?;
+    Ok(())
+}
+
+/// Restores the appliance image onto a blank primary of `mib` MiB and checks it.
+fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<String>)> {
+    let img = appliance::image_disk()?;
+    let primary = ctx.blank("primary.raw", mib)?;
+    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
+    let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
+    let (rc, took) = run_restore(&vm)?;
+    let (steps, last) = events(&vm)?;
+    if rc != "0" {
+        bail!(
+            "understudy restore exited with {rc}; last event: {last}; steps: {}",
+            steps.join(" ")
+        );
+    }
+    let mut notes = vec![
+        format!(
+            "restore onto {mib} MiB: exit 0 in {} (steps: {})",
+            secs(took),
+            steps.join(" ")
+        ),
+        format!("last event: {last}"),
+    ];
+    notes.extend(checks(&vm)?);
+    power_off(&mut vm)?;
+    Ok((primary, notes))
+}
+
+/// Boots `disk` alone through its own GRUB to a login on the serial console, and
+/// checks from the autologin shell that / is the LVM root and swap is on.
+fn boot_restored(ctx: &Ctx, deadline: Instant, disk: DiskSpec) -> Result<Vec<String>> {
+    let mut s = spec(ctx, deadline);
+    s.bios_on_serial = true;
+    let mut disk = disk;
+    disk.bootindex = Some(1);
+    s.disks.push(disk);
+    let mut vm = Machine::start(&s)?;
+    vm.wait_for_text(re(r"login:")?, LOGIN)?;
+    let login_at = vm.elapsed();
+    vm.wait_for_text(re(r"(?m)root@appliance:~# ?$")?, STEP)?;
+    type_line(
+        &vm,
+        "echo BOOTED-ROOT=$(findmnt -no SOURCE /) BOOTED-SWAPS=$(swapon --noheadings --show=NAME | wc -l)",
+    )?;
+    vm.wait_for_text(re(r"BOOTED-SWAPS=\d")?, STEP)?;
+    let root = marker(&vm, "BOOTED-ROOT")?;
+    let swaps = marker(&vm, "BOOTED-SWAPS")?;
+    if root != "/dev/mapper/vg0-root" || swaps != "1" {
+        bail!("the restored system runs from {root} with {swaps} swap area(s)");
+    }
+    type_line(&vm, "poweroff")?;
+    vm.wait_shutdown(Duration::from_secs(120))?;
+    Ok(vec![format!(
+        "the restored primary booted alone to a login on ttyS0 in {}; / is {root}, swap on",
+        secs(login_at)
+    )])
+}
+
+/// `target/vm/appliance/primary.qcow2`: the appliance restored onto a blank 2 GiB
+/// disk by `understudy restore` (GPT, BIOS boot, ext4 /boot, VG vg0 with an ext4
+/// root LV and swap, GRUB installed), before its first boot, for scenarios that need
+/// "a VM booted from a primary with an LVM root": use it as the base of a qcow2
+/// overlay (`qemu-img create -f qcow2 -F qcow2 -b BASE`). Restored here when missing,
+/// made from another image disk, or `fresh`; returns the restore's notes then.
+pub fn restored_primary(ctx: &Ctx, fresh: bool) -> Result<(PathBuf, Vec<String>)> {
+    let dir = target_dir().join("vm/appliance");
+    let base = dir.join("primary.qcow2");
+    let stamp = dir.join("primary.key");
+    appliance::image_disk()?;
+    let current = fs::read_to_string(dir.join("images.key")).unwrap_or_default();
+    if !fresh && base.is_file() && fs::read_to_string(&stamp).is_ok_and(|k| k == current) {
+        return Ok((base, Vec::new()));
+    }
+    let _ = fs::remove_file(&stamp);
+    let (raw, mut notes) = restore_onto(ctx, Instant::now() + LIMIT, appliance::DISK_MIB)?;
+    save_base(&raw, &base, &stamp, &current)?;
+    fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    notes.push(format!("cached as {}", base.display()));
+    Ok((base, notes))
+}
+
+fn save_base(raw: &Path, base: &Path, stamp: &Path, key: &str) -> Result<()> {
+    let tmp = base.with_extension("qcow2.tmp");
+    Cmd::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&tmp)
+        .output()
+        .context("converting the restored primary to qcow2")?;
+    fs::rename(&tmp, base).with_context(|| format!("renaming {}", tmp.display()))?;
+    fs::write(stamp, key).with_context(|| format!("writing {}", stamp.display()))
+}
+
+/// A qcow2 overlay over a qcow2 base.
+fn qcow2_overlay(base: &Path, overlay: &Path) -> Result<()> {
+    let _ = fs::remove_file(overlay);
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base.canonicalize()?)
+        .arg(overlay)
+        .output()
+        .map(|_| ())
+        .context("creating an overlay over the restored primary")
+}
+
+fn same_size(ctx: &Ctx) -> Result<Vec<String>> {
+    let deadline = Instant::now() + LIMIT;
+    // Cached before its first boot; booting an overlay of the cached base proves
+    // what other scenarios start from.
+    let (base, mut notes) = restored_primary(ctx, true)?;
+    let overlay = ctx.dir.join("primary.qcow2");
+    qcow2_overlay(&base, &overlay)?;
+    let disk = DiskSpec::virtio("primary", overlay, ImageFormat::Qcow2, PRIMARY_SERIAL);
+    notes.extend(boot_restored(ctx, deadline, disk)?);
+    Ok(notes)
+}
+
+fn other_size(ctx: &Ctx, mib: u64) -> Result<Vec<String>> {
+    let deadline = Instant::now() + LIMIT;
+    let (raw, mut notes) = restore_onto(ctx, deadline, mib)?;
+    let disk = DiskSpec::virtio("primary", &raw, ImageFormat::Raw, PRIMARY_SERIAL);
+    notes.extend(boot_restored(ctx, deadline, disk)?);
+    fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    Ok(notes)
+}
+
+fn larger(ctx: &Ctx) -> Result<Vec<String>> {
+    other_size(ctx, appliance::DISK_MIB + 1024)
+}
+
+/// Smaller than the image's disk but enough for its data plus the planner's headroom.
+fn smaller(ctx: &Ctx) -> Result<Vec<String>> {
+    other_size(ctx, 1536)
+}
+
+/// Reads the first and last MiB of `path`.
+fn ends(path: &Path) -> Result<Vec<u8>> {
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = vec![0u8; 2 << 20];
+    f.read_exact(&mut out[..1 << 20])?;
+    f.seek(SeekFrom::End(-(1 << 20)))?;
+    f.read_exact(&mut out[1 << 20..])?;
+    Ok(out)
+}
+
+/// A byte flipped in the middle of the root archive: the restore fails in `verify`,
+/// and the target's first and last MiB (filled with a pattern) are unchanged.
+fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
+    let deadline = Instant::now() + LIMIT;
+    let img = appliance::image_disk()?;
+    let primary = ctx.blank("primary.raw", appliance::DISK_MIB)?;
+    {
+        let mut f = fs::OpenOptions::new().write(true).open(&primary)?;
+        let pattern: Vec<u8> = b"UNDERSTUDY-UNTOUCHED-TARGET\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(1 << 20)
+            .collect();
+        f.write_all(&pattern)?;
+        f.seek(SeekFrom::End(-(1 << 20)))?;
+        f.write_all(&pattern)?;
+        f.sync_all()?;
+    }
+    let before = ends(&primary)?;
+    let root_len = fs::metadata(img.image.join("root.tar.lzo"))?.len();
+    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
+    let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
+    type_line(
+        &vm,
+        &format!(
+            "printf '\\377' | dd of=/img/images/{}/root.tar.lzo bs=1 seek={} conv=notrunc 2>/dev/null; echo FLIPPED=$?",
+            appliance::IMAGE_ID,
+            root_len / 2
+        ),
+    )?;
+    vm.wait_for_text(re(r"FLIPPED=0")?, STEP)?;
+    let (rc, took) = run_restore(&vm)?;
+    let (steps, last) = events(&vm)?;
+    if rc == "0" {
+        bail!("understudy restore accepted a corrupt image");
+    }
+    let failed: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+    if failed["event"] != "failed" || failed["step"] != "verify" {
+        bail!(
+            "the restore did not fail in verify: last event {last}, steps {}",
+            steps.join(" ")
+        );
+    }
+    if steps.iter().any(|s| s != "verify") {
+        bail!("the restore went past verify: steps {}", steps.join(" "));
+    }
+    power_off(&mut vm)?;
+    if ends(&primary)? != before {
+        bail!("the target's first or last MiB changed although the image was refused");
+    }
+    Ok(vec![
+        format!("refused with exit {rc} after {}: {last}", secs(took)),
+        "the target's first and last MiB are unchanged".into(),
+    ])
+}
