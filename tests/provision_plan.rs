@@ -97,7 +97,13 @@ fn primary() -> Disk {
     esp.usage = mounted("/boot/efi");
     let mut boot = part("sda", 2, 257, 512, sig("ext4", None, BOOT_UUID));
     boot.usage = mounted("/boot");
-    let mut pv = part("sda", 3, 769, 30 * 1024, sig("LVM2_member", None, "pv-sda3"));
+    let mut pv = part(
+        "sda",
+        3,
+        769,
+        30 * 1024,
+        sig("LVM2_member", None, "pv-sda3"),
+    );
     pv.usage.holders = vec![Holder {
         device: "dm-0".into(),
         dm_name: Some("vg0-root".into()),
@@ -235,7 +241,13 @@ fn provisioned(cow_pv: bool) -> Disk {
         part("sdb", 1, 1, 1, None),
         part("sdb", 2, 2, 256, sig("vfat", Some("US-ESP"), "5EC0-0002")),
         part("sdb", 3, 258, 512, sig("ext4", Some("US_RECOVERY"), &u(3))),
-        part("sdb", 4, 770, 7000, sig("ext4", Some("US-EMERGENCY"), &u(4))),
+        part(
+            "sdb",
+            4,
+            770,
+            7000,
+            sig("ext4", Some("US-EMERGENCY"), &u(4)),
+        ),
         part("sdb", 5, 7770, 40000, sig("ext4", Some("US-IMAGES"), &u(5))),
         part(
             "sdb",
@@ -333,7 +345,11 @@ fn a_blank_disk_gets_the_product_layout() {
     let images = p.part(Role::Images);
     assert_eq!(
         images.size.0,
-        64 * GIB - MIB - MIB - (MIB + 256 * MIB + 512 * MIB) - p.part(Role::Emergency).size.0
+        64 * GIB
+            - MIB
+            - MIB
+            - (MIB + 256 * MIB + 512 * MIB)
+            - p.part(Role::Emergency).size.0
             - p.part(Role::Cow).size.0
     );
     assert_eq!(p.root_vg, "vg0");
@@ -523,7 +539,10 @@ fn refusals_say_why() {
         },
         Refused {
             what: "a provisioned disk that is not the recorded one, its PV in the root VG",
-            inv: inv(Some(provisioned(true)), lvm(vec![pv("/dev/sdb6", Some("vg0"))])),
+            inv: inv(
+                Some(provisioned(true)),
+                lvm(vec![pv("/dev/sdb6", Some("vg0"))]),
+            ),
             req: req("sdb"),
             recorded: None,
             expect: |r| matches!(r, Refusal::PvInUse { vg, .. } if vg == "vg0"),
@@ -561,7 +580,12 @@ fn refusals_say_why() {
         };
         assert!((c.expect)(&r), "{}: wrong refusal {r:?}", c.what);
         let text = r.to_string();
-        assert!(text.contains(c.says), "{}: {text:?} lacks {:?}", c.what, c.says);
+        assert!(
+            text.contains(c.says),
+            "{}: {text:?} lacks {:?}",
+            c.what,
+            c.says
+        );
         // The JSON form names the refusal for scripts.
         let json = serde_json::to_value(&r).unwrap();
         assert!(json["refusal"].is_string(), "{}: {json}", c.what);
@@ -579,7 +603,10 @@ impl Pipe for Inventory {}
 fn the_recorded_secondary_is_updated_in_place() {
     let rec = recorded_sdb();
     let p = run(
-        &inv(Some(provisioned(true)), lvm(vec![pv("/dev/sdb6", Some("vg0"))])),
+        &inv(
+            Some(provisioned(true)),
+            lvm(vec![pv("/dev/sdb6", Some("vg0"))]),
+        ),
         &req("sdb"),
         Some(&rec),
     )
@@ -714,4 +741,45 @@ fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("provision-plan-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// What the executor needs but the system lacks is named before anything is written:
+/// a missing kernel, initramfs or module directory.
+#[test]
+fn missing_inputs_are_named_before_anything_is_written() {
+    use understudy::provision::execute::{RecoverySource, missing};
+    let mut src = RecoverySource {
+        kernel: "/nonexistent/vmlinuz".into(),
+        initrd: Some("/nonexistent/initrd.img".into()),
+        kernel_version: "6.1.0-99-amd64".into(),
+        modules: "/nonexistent/modules".into(),
+        init: "/nonexistent/understudy".into(),
+    };
+    let m = missing(&src);
+    assert!(
+        m.iter()
+            .any(|l| l.contains("the recovery kernel /nonexistent/vmlinuz")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|l| l.contains("the recovery initramfs /nonexistent/initrd.img")),
+        "{m:?}"
+    );
+    src.initrd = None;
+    let m = missing(&src);
+    assert!(
+        m.iter()
+            .any(|l| l.contains("the kernel modules /nonexistent/modules")),
+        "{m:?}"
+    );
+    // With everything present, only missing host tools could be listed.
+    let here = std::env::current_exe().unwrap();
+    src.kernel = here.clone();
+    src.initrd = Some(here);
+    assert!(
+        missing(&src).iter().all(|l| l.contains("Debian package")),
+        "{:?}",
+        missing(&src)
+    );
 }

@@ -153,10 +153,25 @@ impl TerminalGuard {
     fn leave(&mut self) {
         let _ = execute!(self.term.backend_mut(), cursor::Show);
         let _ = terminal::disable_raw_mode();
+        blocking_stdin();
         let _ = self.term.backend_mut().write_all(CLEAR.as_bytes());
         let _ = self.term.backend_mut().flush();
     }
+}
 
+/// Standard input back to blocking reads. crossterm's event source (mio) leaves the
+/// console's open file description non-blocking, which a shell or PID 1's menu
+/// started after us shares: seen as a busybox shell that stopped reading its input
+/// after the console had run in it.
+fn blocking_stdin() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let stdin = io::stdin();
+    if let Ok(bits) = fcntl(&stdin, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(bits);
+        if flags.contains(OFlag::O_NONBLOCK) {
+            let _ = fcntl(&stdin, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
+        }
+    }
 }
 
 impl Drop for TerminalGuard {

@@ -207,7 +207,14 @@ fn install_panic_hook() {
 fn start() -> (Consoles, Status, Options) {
     sys::set_env_before_threads("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let mount_problems = mounts::mount_pseudo();
+    // The kernel lets a process write 10 lines to /dev/kmsg in a burst, then drops
+    // them ("printk.devkmsg=ratelimit", the default): PID 1's log is most of what
+    // there is to read after a bad start, so all of it goes in.
+    let devkmsg = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
     log::open_kmsg();
+    if let Err(e) = devkmsg {
+        log::warn(&format!("turning off /dev/kmsg's rate limit: {e}"));
+    }
     let mut notes: Vec<String> = Vec::new();
     for p in mount_problems {
         log::error(&p);

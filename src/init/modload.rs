@@ -224,6 +224,10 @@ struct Queue {
     outcomes: Vec<(String, Loaded)>,
     /// No more work will be planned: idle loaders may go.
     closing: bool,
+    /// The modaliases are read again after each module (device loading).
+    rescans: bool,
+    /// How many outcomes the planner had seen when it last read the modaliases.
+    scanned: usize,
 }
 
 impl Queue {
@@ -262,6 +266,12 @@ impl Queue {
     fn busy(&self) -> bool {
         self.finished.iter().any(|f| !f)
     }
+
+    /// A module is in whose new devices the planner has not looked for yet: starting
+    /// another module now could pass over the driver those devices need.
+    fn rescan_pending(&self) -> bool {
+        self.rescans && !self.closing && self.scanned < self.outcomes.len()
+    }
 }
 
 /// One loader thread: takes ready modules until the queue closes and is empty.
@@ -269,6 +279,10 @@ fn loader(index: &Index, mod_dir: &Path, queue: &Mutex<Queue>, cv: &Condvar) {
     let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut q = lock();
     loop {
+        if q.rescan_pending() {
+            q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
         if let Some(i) = q.next_ready() {
             q.started[i] = true;
             let name = q.planned[i].clone();
@@ -316,7 +330,10 @@ fn load(
     names: &[&str],
     deadline: Instant,
 ) -> Report {
-    let queue = Mutex::new(Queue::default());
+    let queue = Mutex::new(Queue {
+        rescans: sys.is_some(),
+        ..Queue::default()
+    });
     let cv = Condvar::new();
     let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut report = Report::default();
@@ -351,8 +368,9 @@ fn load(
             let mut q = lock();
             if !plan.is_empty() {
                 q.plan(index, &plan, report.rounds);
-                cv.notify_all();
             }
+            q.scanned = done_seen;
+            cv.notify_all();
             if !q.busy() {
                 if plan.is_empty() {
                     break;
@@ -493,6 +511,49 @@ mod tests {
         for m in ["vfat", "dm_snapshot", "dm_mod", "jbd2"] {
             assert!(order.iter().any(|x| x == m), "{m} missing from {order:?}");
         }
+    }
+
+    #[test]
+    fn a_later_rounds_module_goes_first_and_none_starts_before_a_rescan() {
+        let index = index();
+        let mut q = Queue {
+            rescans: true,
+            ..Queue::default()
+        };
+        // Round 1: the virtio PCI chain and, independent of it, crc16.
+        let first = plan_round(
+            &index,
+            &["pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00".to_string()],
+            &BTreeSet::new(),
+        );
+        let mut round1 = first.clone();
+        round1.push("crc16".to_string());
+        q.plan(&index, &round1, 1);
+        let crc16 = round1.len() - 1;
+        for (i, name) in first.iter().enumerate() {
+            // In load order; virtio_pci only once what it needs is in.
+            let next = q.next_ready().unwrap();
+            assert_eq!(q.planned[next], *name);
+            q.started[next] = true;
+            q.finished[next] = true;
+            q.outcomes.push((name.clone(), Loaded::Loaded));
+            assert!(q.rescan_pending(), "after {name}");
+            q.scanned = i + 1;
+        }
+        // virtio_pci found the disks: virtio_blk (round 2) before crc16 (round 1).
+        q.plan(&index, &["virtio_blk".to_string()], 2);
+        assert_eq!(q.planned[q.next_ready().unwrap()], "virtio_blk");
+        let blk = q.next_ready().unwrap();
+        q.started[blk] = true;
+        assert_eq!(q.next_ready(), Some(crc16));
+        // Loading by name never waits for a rescan; nor does a closing queue.
+        q.outcomes.push(("virtio_blk".into(), Loaded::Loaded));
+        assert!(q.rescan_pending());
+        q.closing = true;
+        assert!(!q.rescan_pending());
+        q.closing = false;
+        q.rescans = false;
+        assert!(!q.rescan_pending());
     }
 
     #[test]

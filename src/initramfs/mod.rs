@@ -908,10 +908,7 @@ fn write(plan: &Plan, spec: &Spec) -> Result<(u64, u64)> {
                 let enc = lz4::Writer::new(buffered).context("starting the LZ4 frame")?;
                 let (enc, cpio_bytes) =
                     write_members(plan, spec.mtime, cpio::Writer::new(enc))?.finish()?;
-                (
-                    enc.finish().context("finishing the LZ4 frame")?,
-                    cpio_bytes,
-                )
+                (enc.finish().context("finishing the LZ4 frame")?, cpio_bytes)
             }
             Compression::None => {
                 write_members(plan, spec.mtime, cpio::Writer::new(buffered))?.finish()?
@@ -1025,6 +1022,44 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default (LZ4) image is the uncompressed image's cpio, byte for byte, in
+    /// the frame the kernel reads, and the same bytes on every build.
+    #[test]
+    fn the_lz4_image_wraps_the_same_reproducible_cpio() {
+        let dir = std::env::temp_dir().join(format!("understudy-lz4-image-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let modules =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/initramfs/modules");
+        let build_as = |name: &str, compression: Compression| {
+            let out = dir.join(name);
+            let mut spec = Spec::new(
+                "6.1.0-test-amd64",
+                &modules,
+                Init::BusyboxScript("#!/bin/sh\necho hi\n".into()),
+                &out,
+            )
+            .unwrap();
+            spec.modules.clear();
+            spec.tools.clear();
+            spec.files.clear();
+            spec.mtime = 1_700_000_000;
+            assert_eq!(spec.compression, Compression::Lz4, "LZ4 is the default");
+            spec.compression = compression;
+            let report = build(&spec).unwrap();
+            (fs::read(&out).unwrap(), report)
+        };
+        let (plain, plain_report) = build_as("plain.cpio", Compression::None);
+        let (lz4_a, report) = build_as("a.img", Compression::Lz4);
+        let (lz4_b, _) = build_as("b.img", Compression::Lz4);
+        assert!(lz4_a == lz4_b, "two builds differ");
+        assert!(lz4::decompress(&lz4_a[..]).unwrap() == plain);
+        assert_eq!(report.cpio_bytes, plain_report.cpio_bytes);
+        assert_eq!(report.compressed_bytes, lz4_a.len() as u64);
+        assert!(report.compressed_bytes < report.cpio_bytes, "it did not compress");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn paths_fold_into_merged_usr() {

@@ -64,6 +64,68 @@ impl SystemPaths {
     }
 }
 
+/// Programs the executor runs, with the Debian package that has each.
+const TOOLS: &[(&str, &str)] = &[
+    ("wipefs", "util-linux"),
+    ("blockdev", "util-linux"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mke2fs", "e2fsprogs"),
+    ("lvm", "lvm2"),
+    ("grub-install", "grub2-common"),
+];
+
+/// GRUB's platform directories grub-install takes its images from.
+const GRUB_PLATFORMS: &[(&str, &str)] = &[
+    ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+    ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+];
+
+/// What this system lacks to carry out a plan, one line each naming the Debian
+/// package; checked before anything is written.
+pub fn missing(src: &RecoverySource) -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let found = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
+    let mut out: Vec<String> = TOOLS
+        .iter()
+        .filter(|(prog, _)| !found(prog))
+        .map(|(prog, pkg)| format!("{prog} (Debian package {pkg})"))
+        .collect();
+    out.extend(
+        GRUB_PLATFORMS
+            .iter()
+            .filter(|(dir, _)| !Path::new(dir).is_dir())
+            .map(|(dir, pkg)| format!("{dir} (Debian package {pkg})")),
+    );
+    if !src.kernel.is_file() {
+        out.push(format!(
+            "the recovery kernel {} (name one with --kernel)",
+            src.kernel.display()
+        ));
+    }
+    match &src.initrd {
+        Some(i) if !i.is_file() => out.push(format!("the recovery initramfs {}", i.display())),
+        Some(_) => {}
+        None => {
+            if !src.modules.is_dir() {
+                out.push(format!(
+                    "the kernel modules {} (name them with --modules, or give --initrd)",
+                    src.modules.display()
+                ));
+            }
+            if !Path::new("/usr/bin/busybox").is_file() {
+                out.push(
+                    "/usr/bin/busybox for the recovery initramfs (Debian package busybox), or \
+                     give --initrd"
+                        .into(),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// What was done, step by step, for the log and the final report.
 pub type Log<'a> = &'a mut dyn FnMut(&str);
 
@@ -182,7 +244,11 @@ fn make_filesystems(plan: &ProvisionPlan, log: Log<'_>) -> Result<()> {
         log(&format!(
             "made {} {} on {}",
             fs.fstype,
-            if fs.label.is_empty() { "PV" } else { fs.label.as_str() },
+            if fs.label.is_empty() {
+                "PV"
+            } else {
+                fs.label.as_str()
+            },
             dev.display()
         ));
     }
@@ -220,9 +286,7 @@ fn grub_install(
 fn kept_env(recovery: &Path) -> Option<Env> {
     let read = |c: EnvCopy| fs::read(recovery.join(c.path().trim_start_matches('/'))).ok();
     let (a, b) = (read(EnvCopy::A), read(EnvCopy::B));
-    boot::read_copies(a.as_deref(), b.as_deref())
-        .env()
-        .cloned()
+    boot::read_copies(a.as_deref(), b.as_deref()).env().cloned()
 }
 
 fn install_recovery_os(
@@ -311,13 +375,7 @@ pub fn execute(
         .as_ref()
         .is_none_or(|t| t.sector_size == SectorSize::B512)
     {
-        grub_install(
-            "i386-pc",
-            boot::GRUB_MODULES_PC,
-            &rec_dir,
-            None,
-            disk,
-        )?;
+        grub_install("i386-pc", boot::GRUB_MODULES_PC, &rec_dir, None, disk)?;
         log("installed GRUB for BIOS (i386-pc)");
     } else {
         log("BIOS GRUB skipped: the disk has 4096-byte sectors");
@@ -334,9 +392,9 @@ pub fn execute(
     // The menu: a re-run keeps the emergency entry expand wrote.
     let cfg_path = rec_dir.join(boot::GRUB_CFG_PATH.trim_start_matches('/'));
     let kept_entry = match plan.mode {
-        Mode::Update => fs::read_to_string(&cfg_path).ok().and_then(|t| {
-            super::plan::emergency_entry_from_cfg(&t, plan.fs_uuid(Role::Emergency))
-        }),
+        Mode::Update => fs::read_to_string(&cfg_path)
+            .ok()
+            .and_then(|t| super::plan::emergency_entry_from_cfg(&t, plan.fs_uuid(Role::Emergency))),
         Mode::Fresh => None,
     };
     let cfg = boot::render_grub_cfg(&plan.secondary_boot(kept_entry))?;
@@ -375,16 +433,15 @@ pub fn execute(
     // Last, so that a failure before it leaves no PV of the root VG on a disk that a
     // re-run would have to lay out afresh.
     if plan.add_cow_pv {
+        // vgextend also initialises a device that is not a PV yet.
         let cow = &plan.part(Role::Cow).path;
-        if !plan.part(Role::Cow).create {
-            // Update mode with a PV that never joined: make sure it is a PV.
-            let _ = Cmd::new("lvm").args(["pvcreate", "-y"]).arg(cow).run();
-        }
         Cmd::new("lvm")
             .args(["vgextend", &plan.root_vg])
             .arg(cow)
             .run()
-            .with_context(|| format!("adding {} to volume group {}", cow.display(), plan.root_vg))?;
+            .with_context(|| {
+                format!("adding {} to volume group {}", cow.display(), plan.root_vg)
+            })?;
         log(&format!(
             "added {} to volume group {}",
             cow.display(),

@@ -86,6 +86,12 @@ pub fn provision(opts: &Options) -> Result<()> {
         }
         Err(Stopped::Refused(r).into())
     };
+    // Refusals that need no layout come before capturing it (a capture can fail).
+    if plan::find_disk(&inv, &opts.request.secondary).is_none() {
+        return refused(Refusal::NoSuchDisk {
+            disk: opts.request.secondary.clone(),
+        });
+    }
     let primary = match plan::primary_disk(&inv, &opts.request) {
         Ok(d) => d.path.clone(),
         Err(r) => return refused(r),
@@ -102,32 +108,6 @@ pub fn provision(opts: &Options) -> Result<()> {
         println!("{}", serde_json::to_string(&plan)?);
     } else {
         print!("{plan}");
-    }
-    if opts.dry_run {
-        return Ok(());
-    }
-    if !opts.yes {
-        let word = confirmation_word(&plan);
-        let what = match plan.mode {
-            Mode::Fresh => format!(
-                "EVERYTHING on {} will be erased",
-                plan.secondary
-            ),
-            Mode::Update => format!(
-                "GRUB, the recovery system and the configuration on {} will be rewritten (images kept)",
-                plan.secondary
-            ),
-        };
-        eprint!("{what}.\nType {word} to go ahead: ");
-        io::stderr().flush().ok();
-        let mut line = String::new();
-        io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("reading the confirmation")?;
-        if line.trim() != word {
-            return Err(Stopped::NotConfirmed(word).into());
-        }
     }
     let version = match &opts.kernel_version {
         Some(v) => v.clone(),
@@ -146,11 +126,38 @@ pub fn provision(opts: &Options) -> Result<()> {
         kernel_version: version,
         init: std::env::current_exe().context("finding the running binary")?,
     };
-    if !src.kernel.is_file() {
+    let missing = execute::missing(&src);
+    if opts.dry_run {
+        for m in &missing {
+            eprintln!("provision: this system lacks {m}");
+        }
+        return Ok(());
+    }
+    if !missing.is_empty() {
         bail!(
-            "the recovery kernel {} does not exist (name one with --kernel)",
-            src.kernel.display()
+            "nothing was changed: this system lacks {}",
+            missing.join("; ")
         );
+    }
+    if !opts.yes {
+        let word = confirmation_word(&plan);
+        let what = match plan.mode {
+            Mode::Fresh => format!("EVERYTHING on {} will be erased", plan.secondary),
+            Mode::Update => format!(
+                "GRUB, the recovery system and the configuration on {} will be rewritten (images kept)",
+                plan.secondary
+            ),
+        };
+        eprint!("{what}.\nType {word} to go ahead: ");
+        io::stderr().flush().ok();
+        let mut line = String::new();
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the confirmation")?;
+        if line.trim() != word {
+            return Err(Stopped::NotConfirmed(word).into());
+        }
     }
     let mut log = |s: &str| eprintln!("provision: {s}");
     let result = execute::execute(&plan, &src, &sys, &mut log);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::boot::{EmergencyEntry, PrimaryDisk, SecondaryBoot};
-use crate::disk::{self, Disk, Identity, Inventory, LvmStatus, Recorded};
+use crate::disk::{self, Disk, Inventory, LvmStatus, Recorded};
 use crate::init::recorded::RECOVERY_LABEL;
 use crate::layout::{
     self, Bytes, Change, Geometry, Layout, Lba, MIB, PartitionPlan, PlannedPartition, SectorSize,
@@ -186,7 +186,9 @@ pub enum Refusal {
     NoRootVg,
     #[error("volume group {vg} does not exist")]
     NoSuchVg { vg: String },
-    #[error("the primary disk cannot be told from the running system's root; name it with --primary")]
+    #[error(
+        "the primary disk cannot be told from the running system's root; name it with --primary"
+    )]
     NoPrimary,
     #[error(
         "{disk} (not the secondary) already has a filesystem labelled {label}; labels must be \
@@ -363,7 +365,10 @@ impl fmt::Display for ProvisionPlan {
             "operational section: {} used; COW PV joins volume group {}",
             self.used, self.root_vg
         )?;
-        writeln!(f, "  #  role             start        size        filesystem")?;
+        writeln!(
+            f,
+            "  #  role             start        size        filesystem"
+        )?;
         for p in &self.parts {
             let fs = match &p.filesystem {
                 Some(fs) if fs.label.is_empty() => fs.fstype.clone(),
@@ -411,8 +416,7 @@ pub fn root_place(inv: &Inventory) -> Option<RootPlace> {
     let slash = Path::new("/");
     for d in &inv.disks {
         if d.usage.mounts.iter().any(|m| m == slash)
-            || d
-                .partitions
+            || d.partitions
                 .iter()
                 .any(|p| p.usage.mounts.iter().any(|m| m == slash))
         {
@@ -466,13 +470,9 @@ fn vg_disks(inv: &Inventory, vg: &str) -> Vec<String> {
 
 /// The disk a device path (whole disk or partition) belongs to.
 fn disk_of_path<'a>(inv: &'a Inventory, path: &Path) -> Option<&'a Disk> {
-    inv.disks.iter().find(|d| {
-        d.path == path
-            || d
-                .partitions
-                .iter()
-                .any(|p| p.path.as_deref() == Some(path))
-    })
+    inv.disks
+        .iter()
+        .find(|d| d.path == path || d.partitions.iter().any(|p| p.path.as_deref() == Some(path)))
 }
 
 /// A disk by kernel name or `/dev` path.
@@ -694,11 +694,10 @@ pub fn plan(
             reasons,
         });
     }
-    let sector =
-        SectorSize::try_from(sec.logical_sector.0).map_err(|_| Refusal::SectorSize {
-            disk: sec.name.clone(),
-            bytes: sec.logical_sector.0,
-        })?;
+    let sector = SectorSize::try_from(sec.logical_sector.0).map_err(|_| Refusal::SectorSize {
+        disk: sec.name.clone(),
+        bytes: sec.logical_sector.0,
+    })?;
     let root_vg = match (&req.root_vg, root.as_ref().and_then(|r| r.vg.clone())) {
         (Some(vg), _) => vg.clone(),
         (None, Some(vg)) => vg,
@@ -982,17 +981,4 @@ pub fn emergency_entry_from_cfg(cfg: &str, fs_uuid: &str) -> Option<EmergencyEnt
         initrd: initrd?,
         cmdline,
     })
-}
-
-/// The identity a disk is recorded under (for messages).
-pub fn identity_text(id: &Identity) -> String {
-    match (&id.wwn, &id.serial) {
-        (Some(w), _) => format!("WWN {w}"),
-        (None, Some(s)) => format!("serial {s}"),
-        (None, None) => format!(
-            "model {} of {}",
-            id.model.as_deref().unwrap_or("unknown"),
-            Bytes(id.size.0)
-        ),
-    }
 }

@@ -454,7 +454,7 @@ fn target(d: &Disk, why: String) -> Target {
 
 /// The disks a restore may write to: the recorded primary (even unreadable) and the
 /// replacement candidates; never the secondary, never removable media, never a disk
-/// with no medium, never the disk the machine runs from. Without recorded identities,
+/// with no medium, never a busy disk or the one the machine runs from. Without recorded identities,
 /// every fixed disk but the one holding the recovery filesystem.
 fn targets(
     inv: &Inventory,
@@ -476,6 +476,8 @@ fn targets(
             || d.size.0 == 0
             || d.state == Readability::NoMedium
             || has_label(d, RECOVERY_LABEL)
+            // Mounted, swapped on or held: the restore would refuse it.
+            || !d.busy_reasons().is_empty()
         {
             continue;
         }
@@ -963,6 +965,15 @@ mod tests {
             s.targets.iter().map(|t| &t.disk).collect::<Vec<_>>(),
             ["vdc"]
         );
+        // A disk with a mounted partition is no target.
+        let mut busy = blank.clone();
+        busy.partitions = vec![partition("vdc", 1, 60, "ext4", "data")];
+        busy.partitions[0].usage.mounts.push("/mnt/images".into());
+        let f = Facts {
+            recorded: RecordedState::NoRecoveryFilesystem,
+            ..facts(vec![busy, secondary()])
+        };
+        assert!(decide(f).targets.is_empty());
         // A dev machine running from vdc1: vdc is no target.
         let mut running = blank;
         running.partitions = vec![partition("vdc", 1, 60, "ext4", "root")];

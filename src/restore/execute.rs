@@ -402,10 +402,28 @@ impl Run<'_> {
             }
         };
         let plan = plan::plan(manifest, &self.opts.image, &inv, recorded.as_ref(), &name)?;
+        let missing: Vec<&str> = plan.tools().into_iter().filter(|t| !on_path(t)).collect();
+        if !missing.is_empty() {
+            bail!(
+                "this system lacks {} (needed to restore this image): nothing was written",
+                missing.join(", ")
+            );
+        }
         Ok(plan)
     }
 
     fn lvm(&mut self, plan: &RestorePlan) -> Result<()> {
+        // The old primary's VG, left on the secondary's COW PV: gone before the new
+        // one of that name is made. Only the COW PV the plan names is touched.
+        for s in &plan.stale_vgs {
+            let cow = s.cow_pv.to_string_lossy();
+            self.rep.note(format!(
+                "removing the stale volume group {} from the COW PV {cow}",
+                s.vg
+            ));
+            lvm(&["vgchange", "-a", "n", &s.vg])?;
+            lvm(&["pvremove", "-ff", "-y", &cow])?;
+        }
         for pv in &plan.pvs {
             lvm(&[
                 "pvcreate",
@@ -445,7 +463,18 @@ impl Run<'_> {
             ])?;
         }
         let lvs: Vec<PathBuf> = plan.lvs.iter().map(|l| l.device.clone()).collect();
-        wait_for(&lvs)
+        wait_for(&lvs)?;
+        // Snapshots keep their COW space on the secondary.
+        for s in &plan.stale_vgs {
+            let cow = s.cow_pv.to_string_lossy();
+            lvm(&["pvcreate", "-y", &cow])?;
+            lvm(&["vgextend", &s.vg, &cow])?;
+            self.rep.note(format!(
+                "the COW PV {cow} joined the restored volume group {}",
+                s.vg
+            ));
+        }
+        Ok(())
     }
 
     fn extract(&mut self, archive: &Path, at: &Path, want: &archive::Summary) -> Result<()> {
@@ -795,6 +824,16 @@ fn chroot(root: &Path, args: &[&str]) -> Result<()> {
         .args(args)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .run()
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).any(|d| {
+        std::fs::metadata(d.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// This restore's private mount directory.

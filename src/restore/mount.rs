@@ -1,13 +1,16 @@
 //! The restore's mounts under its private directory: a stack that unmounts what it
-//! mounted, in reverse order ([`MountGuard`]), strictly on the success path and lazily
-//! on drop, so a failure never leaves the target's filesystems mounted.
+//! mounted, in reverse order ([`MountGuard`]), strictly on the success path (a busy
+//! filesystem is an error naming its holders) and lazily on drop, so a failure never
+//! leaves the target's filesystems mounted.
 //!
 //! Owns: mounting, bind mounts for the chroot, unmounting. Does not own: which
 //! filesystems or where (`plan`), PID 1's own mounts (`init::mounts`).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// What this restore mounted, innermost last.
@@ -63,19 +66,20 @@ impl MountGuard {
 
     /// Unmounts everything mounted since `mark` (a [`MountGuard::depth`]), innermost
     /// first. A filesystem of the target must really come off (its data written, the
-    /// device free): a busy one is an error, never a lazy unmount. A recursive bind of
-    /// the running system's `/dev` carries submounts and is detached instead.
+    /// device free): a busy one is waited for a little (a process of the chroot may be
+    /// exiting), then an error naming what holds it, never a lazy unmount. A recursive
+    /// bind of the running system's `/dev` carries submounts and is detached instead.
     pub fn unmount_to(&mut self, mark: usize) -> Result<()> {
         while self.mounted.len() > mark {
             let Some((t, bind)) = self.mounted.last() else {
                 break;
             };
-            let flags = if *bind {
-                MntFlags::MNT_DETACH
+            if *bind {
+                umount2(t, MntFlags::MNT_DETACH)
+                    .with_context(|| format!("detaching {}", t.display()))?;
             } else {
-                MntFlags::empty()
-            };
-            umount2(t, flags).with_context(|| format!("unmounting {}", t.display()))?;
+                unmount_busy_wait(t)?;
+            }
             self.mounted.pop();
         }
         Ok(())
@@ -90,6 +94,91 @@ impl MountGuard {
     pub fn unmount_all(&mut self) -> Result<()> {
         self.unmount_to(0)
     }
+}
+
+/// How long a busy filesystem is waited for before its holders are named.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Unmount `target`, retrying while it is busy for up to [`BUSY_WAIT`].
+fn unmount_busy_wait(target: &Path) -> Result<()> {
+    let until = Instant::now() + BUSY_WAIT;
+    loop {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(Errno::EBUSY) => {
+                let holders = holders(target);
+                let submounts = submounts(target);
+                bail!(
+                    "unmounting {}: busy; {}{}",
+                    target.display(),
+                    if holders.is_empty() {
+                        "no process has a file, directory or root under it".to_string()
+                    } else {
+                        format!("held by {}", holders.join(", "))
+                    },
+                    if submounts.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; mounted inside it: {}", submounts.join(", "))
+                    }
+                );
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("unmounting {}", target.display()));
+            }
+        }
+    }
+}
+
+/// The processes whose root, working directory or an open file lies under `dir`
+/// (`PID (COMM) cwd|root|fd N`), from `/proc`: what keeps a filesystem busy.
+fn holders(dir: &Path) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let under = |p: &Path| p.starts_with(dir);
+    let mut out = Vec::new();
+    for e in procs.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let base = e.path();
+        let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+        let mut what = Vec::new();
+        for link in ["root", "cwd"] {
+            if std::fs::read_link(base.join(link)).is_ok_and(|p| under(&p)) {
+                what.push(link.to_string());
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            for fd in fds.flatten() {
+                if std::fs::read_link(fd.path()).is_ok_and(|p| under(&p)) {
+                    what.push(format!("fd {}", fd.file_name().to_string_lossy()));
+                }
+            }
+        }
+        if !what.is_empty() {
+            out.push(format!("{pid} ({}) {}", comm.trim(), what.join(" ")));
+        }
+    }
+    out
+}
+
+/// Mount points strictly inside `dir`, from `/proc/self/mountinfo`.
+fn submounts(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m) != dir && Path::new(m).starts_with(dir))
+        .map(str::to_string)
+        .collect()
 }
 
 impl Drop for MountGuard {

@@ -124,6 +124,15 @@ pub struct LvStep {
     pub device: PathBuf,
 }
 
+/// A VG of the image's name found only on the recorded secondary's snapshot COW PV
+/// (its other PVs were the old primary's): the executor removes it from the COW PV
+/// before making the VG, then adds the COW PV to the new VG (`vgextend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleVg {
+    pub vg: String,
+    pub cow_pv: PathBuf,
+}
+
 /// One filesystem to make (`fstype` of [`MAKEABLE`]) or swap area (`fstype` `swap`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MkfsStep {
@@ -170,6 +179,8 @@ pub struct RestorePlan {
     pub target: Target,
     pub zero: Vec<Zero>,
     pub table: PartitionPlan,
+    /// VGs of the image's names to clear from the secondary's COW PV first.
+    pub stale_vgs: Vec<StaleVg>,
     pub pvs: Vec<PvStep>,
     pub vgs: Vec<VgStep>,
     pub lvs: Vec<LvStep>,
@@ -268,27 +279,39 @@ pub fn plan(
         ));
     }
 
-    // LVM: names must be free on the other disks.
+    // LVM: names must be free on the other disks, but for the primary's VG left on
+    // the secondary's snapshot COW PV (it joins the root VG), which is cleared and
+    // joins the restored VG again.
+    let cow = recorded.and_then(|rec| cow_pv(inv, rec));
+    let mut stale = Vec::new();
     for vg in &lay.lvm.vgs {
-        if let disk::LvmStatus::Found(l) = &inv.lvm
-            && l.vgs.iter().any(|v| v.name == vg.name)
-        {
-            let elsewhere = l
-                .pvs
-                .iter()
-                .filter(|p| p.vg.as_deref() == Some(vg.name.as_str()))
-                .map(|p| p.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Refusal::VgExists {
+        match vg_elsewhere(inv, &vg.name, &name, cow.as_deref()) {
+            VgElsewhere::Free => {}
+            VgElsewhere::OnCowPv => stale.push(StaleVg {
                 vg: vg.name.clone(),
-                elsewhere: if elsewhere.is_empty() {
-                    "another disk".into()
-                } else {
-                    elsewhere
-                },
-            });
+                cow_pv: cow.clone().unwrap_or_default(),
+            }),
+            VgElsewhere::Taken(elsewhere) => {
+                return Err(Refusal::VgExists {
+                    vg: vg.name.clone(),
+                    elsewhere: if elsewhere.is_empty() {
+                        "another disk".into()
+                    } else {
+                        elsewhere.join(", ")
+                    },
+                });
+            }
         }
+    }
+    let mut notes = Vec::new();
+    for s in &stale {
+        notes.push(format!(
+            "volume group {} is left on the secondary's snapshot COW PV {} without the old \
+             primary: it is removed there, and the COW PV joins the restored {} again",
+            s.vg,
+            s.cow_pv.display(),
+            s.vg
+        ));
     }
     let dev = PathBuf::from("/dev").join(&name);
     let pvs: Vec<PvStep> = lay
@@ -363,7 +386,6 @@ pub fn plan(
         })
         .filter_map(|s| s.uuid.as_deref())
         .collect();
-    let mut notes = Vec::new();
     let mut mkfs = Vec::new();
     let keep = |uuid: &Option<String>, what: &str, notes: &mut Vec<String>| -> Option<String> {
         match uuid {
@@ -525,6 +547,7 @@ pub fn plan(
         },
         zero,
         table,
+        stale_vgs: stale,
         pvs,
         vgs,
         lvs,
@@ -535,6 +558,109 @@ pub fn plan(
         extract_bytes: manifest.uncompressed_bytes(),
         notes,
     })
+}
+
+/// The recorded secondary's snapshot COW PV (the partition provision names
+/// `understudy-cow`), when the secondary is present and has one.
+fn cow_pv(inv: &Inventory, rec: &Recorded) -> Option<PathBuf> {
+    let roles = disk::identify(inv, rec);
+    let secondary = roles.disks.iter().find(|r| r.role == Role::Secondary)?;
+    let cow = crate::provision::Role::Cow;
+    inv.disk(&secondary.disk)?
+        .partitions
+        .iter()
+        .find(|p| p.number == cow.number() && p.name.as_deref() == Some(cow.gpt_name()))?
+        .path
+        .clone()
+}
+
+/// Where a VG of the image's name already is, outside the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum VgElsewhere {
+    Free,
+    /// Only on the secondary's COW PV, with the rest of it gone (missing PVs, PVs on
+    /// the target about to be erased) or holding no LV: the old primary's VG.
+    OnCowPv,
+    /// On these PVs (paths) of other disks.
+    Taken(Vec<String>),
+}
+
+/// Whether VG `vg` exists outside disk `target` (kernel name), and where. `cow` is
+/// the recorded secondary's COW PV; no other PV is ever taken for stale.
+fn vg_elsewhere(inv: &Inventory, vg: &str, target: &str, cow: Option<&Path>) -> VgElsewhere {
+    let disk::LvmStatus::Found(l) = &inv.lvm else {
+        return VgElsewhere::Free;
+    };
+    let Some(found) = l.vgs.iter().find(|v| v.name == vg) else {
+        return VgElsewhere::Free;
+    };
+    let on_target: BTreeSet<&Path> = inv
+        .disk(target)
+        .into_iter()
+        .flat_map(|d| d.partitions.iter().filter_map(|p| p.path.as_deref()))
+        .chain(inv.disk(target).map(|d| d.path.as_path()))
+        .collect();
+    // pv_attr's third character is `m` for a PV LVM knows of but cannot find.
+    let missing = |p: &disk::lvm::Pv| p.attr.chars().nth(2) == Some('m');
+    let mine: Vec<&disk::lvm::Pv> = l
+        .pvs
+        .iter()
+        .filter(|p| p.vg.as_deref() == Some(vg))
+        .collect();
+    let outside: Vec<&disk::lvm::Pv> = mine
+        .iter()
+        .copied()
+        .filter(|p| !missing(p) && !on_target.contains(p.path.as_path()))
+        .collect();
+    if outside.is_empty() {
+        // Only on the target (a restore being run again): erased by the clear step.
+        return if mine.is_empty() {
+            VgElsewhere::Taken(Vec::new())
+        } else {
+            VgElsewhere::Free
+        };
+    }
+    // vg_attr's fourth character is `p` for a partial VG (PVs missing).
+    let partial = found.attr.chars().nth(3) == Some('p');
+    let lost_rest = partial || outside.len() < mine.len() || found.lv_count == 0;
+    match cow {
+        Some(cow) if lost_rest && outside.iter().all(|p| p.path == cow) => VgElsewhere::OnCowPv,
+        _ => VgElsewhere::Taken(
+            outside
+                .iter()
+                .map(|p| p.path.display().to_string())
+                .collect(),
+        ),
+    }
+}
+
+impl RestorePlan {
+    /// The programs the executor will run for this plan, in step order: checked before
+    /// the point of no return, so a recovery image without one refuses instead of
+    /// leaving the target half-made.
+    pub fn tools(&self) -> Vec<&'static str> {
+        let mut tools = vec!["blockdev"];
+        if !self.pvs.is_empty() || !self.stale_vgs.is_empty() {
+            tools.push("lvm");
+        }
+        for m in &self.mkfs {
+            let tool = match m.fstype.as_str() {
+                "ext2" | "ext3" | "ext4" => "mke2fs",
+                "vfat" => "mkfs.fat",
+                "xfs" => "mkfs.xfs",
+                "btrfs" => "mkfs.btrfs",
+                // Swap headers are written by understudy itself.
+                _ => continue,
+            };
+            if !tools.contains(&tool) {
+                tools.push(tool);
+            }
+        }
+        if self.bootloader.bios || self.bootloader.esp.is_some() {
+            tools.push("chroot");
+        }
+        tools
+    }
 }
 
 fn depth(mountpoint: &str) -> usize {
@@ -609,6 +735,16 @@ impl fmt::Display for RestorePlan {
             t.now
         )?;
         write!(f, "{}", self.table)?;
+        for s in &self.stale_vgs {
+            writeln!(
+                f,
+                "  remove volume group {} from the secondary's COW PV {}, then add that PV to \
+                 the new {}",
+                s.vg,
+                s.cow_pv.display(),
+                s.vg
+            )?;
+        }
         for m in &self.mkfs {
             writeln!(
                 f,
@@ -1060,6 +1196,196 @@ mod tests {
                 elsewhere: "/dev/vda6".into()
             }
         );
+    }
+
+    /// The old primary's VG seen from the recovery system: `vg0` on the secondary's
+    /// COW PV and on `others` (`[unknown]`: a missing PV).
+    fn lvm_with_vg0(vg_attr: &str, lv_count: u32, pvs: &[(&str, &str)]) -> disk::LvmStatus {
+        let vgs = serde_json::from_value(serde_json::json!([{
+            "name": "vg0", "uuid": "u", "size": 1, "free": 0, "extent_size": 4194304,
+            "pv_count": pvs.len(), "lv_count": lv_count, "attr": vg_attr
+        }]))
+        .unwrap();
+        let pvs = pvs
+            .iter()
+            .map(|(path, attr)| {
+                serde_json::json!({
+                    "path": path, "uuid": format!("uuid-{path}"), "vg": "vg0", "size": 1,
+                    "free": 0, "dev_size": 1, "attr": attr
+                })
+            })
+            .collect::<Vec<_>>();
+        disk::LvmStatus::Found(disk::Lvm {
+            pvs: serde_json::from_value(serde_json::Value::Array(pvs)).unwrap(),
+            vgs,
+            lvs: vec![],
+        })
+    }
+
+    #[test]
+    fn the_old_vg_on_the_secondarys_cow_pv_is_cleared_and_rejoined() {
+        const COW: &str = "/dev/vda6";
+        const MISSING: (&str, &str) = ("[unknown]", "a-m");
+        const ON_COW: (&str, &str) = (COW, "a--");
+        // (case, COW partition's GPT name, recorded identities, vg_attr, LVs, PVs of
+        //  vg0, what the plan does: Some(stale on the COW PV) or None (VgExists with
+        //  these PVs), or "free" when vg0 does not count at all)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            bool,
+            &'a str,
+            u32,
+            &'a [(&'a str, &'a str)],
+            Result<bool, &'a str>,
+        );
+        let table: &[Case] = &[
+            (
+                "primary dead: partial vg0 on the COW PV",
+                "understudy-cow",
+                true,
+                "wz-pn-",
+                3,
+                &[MISSING, ON_COW],
+                Ok(true),
+            ),
+            (
+                "no recorded identities: the secondary is not known for sure",
+                "understudy-cow",
+                false,
+                "wz-pn-",
+                3,
+                &[MISSING, ON_COW],
+                Err(COW),
+            ),
+            (
+                "partition 6 is not provision's COW partition",
+                "vendor-data",
+                true,
+                "wz-pn-",
+                3,
+                &[MISSING, ON_COW],
+                Err(COW),
+            ),
+            (
+                "the old primary is attached: its VG is whole",
+                "understudy-cow",
+                true,
+                "wz--n-",
+                3,
+                &[("/dev/vdc4", "a--"), ON_COW],
+                Err("/dev/vdc4, /dev/vda6"),
+            ),
+            (
+                "a whole VG with LVs only on the COW PV is not ours to remove",
+                "understudy-cow",
+                true,
+                "wz--n-",
+                1,
+                &[ON_COW],
+                Err(COW),
+            ),
+            (
+                "missing PVs already removed, no LV left",
+                "understudy-cow",
+                true,
+                "wz--n-",
+                0,
+                &[ON_COW],
+                Ok(true),
+            ),
+            (
+                "a rerun after the COW PV joined the half-restored target's vg0",
+                "understudy-cow",
+                true,
+                "wz--n-",
+                2,
+                &[("/dev/vdb3", "a--"), ON_COW],
+                Ok(true),
+            ),
+            (
+                "a rerun before: vg0 only on the target, erased by the clear step",
+                "understudy-cow",
+                true,
+                "wz--n-",
+                2,
+                &[("/dev/vdb3", "a--")],
+                Ok(false),
+            ),
+        ];
+        for &(case, cow_name, with_recorded, attr, lvs, pvs, want) in table {
+            let mut inv = machine(disk(
+                "vdb",
+                10 * GIB,
+                "NEW-DISK",
+                vec![partition("vdb", 3, None)],
+            ));
+            let mut cow = partition("vda", 6, None);
+            cow.name = Some(cow_name.into());
+            inv.disks[0].partitions.push(cow);
+            inv.lvm = lvm_with_vg0(attr, lvs, pvs);
+            let rec = recorded(&inv);
+            let got = plan(
+                &manifest(),
+                Path::new("/i"),
+                &inv,
+                with_recorded.then_some(&rec),
+                "vdb",
+            );
+            match want {
+                Ok(stale) => {
+                    let p = got.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    let expected = if stale {
+                        vec![StaleVg {
+                            vg: "vg0".into(),
+                            cow_pv: COW.into(),
+                        }]
+                    } else {
+                        vec![]
+                    };
+                    assert_eq!(p.stale_vgs, expected, "{case}");
+                    assert_eq!(
+                        p.notes.iter().any(|n| n.contains("COW PV /dev/vda6")),
+                        stale,
+                        "{case}: {:?}",
+                        p.notes
+                    );
+                    assert_eq!(p.to_string().contains("remove volume group vg0"), stale);
+                }
+                Err(elsewhere) => assert_eq!(
+                    got.unwrap_err(),
+                    Refusal::VgExists {
+                        vg: "vg0".into(),
+                        elsewhere: elsewhere.into()
+                    },
+                    "{case}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_tools_needed_are_known_before_the_point_of_no_return() {
+        let inv = machine(disk("vdb", 10 * GIB, "NEW-DISK", vec![]));
+        let p = plan_onto(&inv, "vdb").unwrap();
+        assert_eq!(
+            p.tools(),
+            ["blockdev", "lvm", "mkfs.fat", "mke2fs", "chroot"]
+        );
+        let mut m = manifest();
+        m.layout.filesystems[1].fstype = "btrfs".into();
+        m.layout.lvm = Default::default();
+        m.layout
+            .filesystems
+            .retain(|f| matches!(f.source, Source::Partition(_)));
+        m.layout.swap.clear();
+        m.layout
+            .partitions
+            .retain(|p| p.type_guid != Some(BIOS_BOOT));
+        m.layout.partitions.retain(|p| p.type_guid != Some(ESP));
+        m.layout.filesystems.retain(|f| f.fstype != "vfat");
+        let p = plan(&m, Path::new("/i"), &inv, None, "vdb").unwrap();
+        assert_eq!(p.tools(), ["blockdev", "mkfs.btrfs"]);
     }
 
     #[test]

@@ -1009,8 +1009,14 @@ pub fn boot_main() -> Result<()> {
         mib(uncompressed)
     );
     println!("{:<50} {:>8.2} s", "QEMU start -> trivial /init marker", t);
-    println!("{:<50} {:>8.2} s", "QEMU start -> PID 1 status screen, disks listed", o);
-    println!("{:<50} {:>8.2} s", "QEMU start -> same screen, all drivers in", d);
+    println!(
+        "{:<50} {:>8.2} s",
+        "QEMU start -> PID 1 status screen, disks listed", o
+    );
+    println!(
+        "{:<50} {:>8.2} s",
+        "QEMU start -> same screen, all drivers in", d
+    );
     println!(
         "{:<50} {:>8.2} s  (target < {BOOT_OVERHEAD_TARGET_SECS:.1} s: {})",
         "our overhead (to the screen with the disks)",

@@ -260,8 +260,8 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
     })
 }
 
-/// QEMU on this terminal: serial console and monitor on stdio (`-nographic`), the
-/// secondary first in the boot order, the primary slot as asked.
+/// QEMU on this terminal: serial console and monitor on stdio, the secondary first
+/// in the boot order, the primary slot as asked.
 fn qemu_args(dir: &Path, pair: &Pair, o: Options) -> Result<Vec<String>> {
     let accel = qemu::accel::choose(&pair_kernel()?, &target_dir().join("vm"));
     let mut a: Vec<String> = [
@@ -273,7 +273,20 @@ fn qemu_args(dir: &Path, pair: &Pair, o: Options) -> Result<Vec<String>> {
         "1024",
         "-smp",
         "2",
-        "-nographic",
+        // The serial console and QEMU's monitor on this terminal (Ctrl-A X quits,
+        // Ctrl-A C toggles), Ctrl-C passed to the guest. Not `-nographic`: with it
+        // SeaBIOS also copies the VGA text console to the serial line, so GRUB's
+        // menu (which writes to both terminals) came out twice, interleaved.
+        "-display",
+        "none",
+        "-vga",
+        "std",
+        "-chardev",
+        "stdio,id=console,mux=on,signal=off",
+        "-serial",
+        "chardev:console",
+        "-mon",
+        "chardev=console,mode=readline",
         "-nic",
         "none",
     ]

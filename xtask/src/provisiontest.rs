@@ -13,18 +13,18 @@
 //! secondary alone boots through its own GRUB under SeaBIOS and under OVMF into PID 1's
 //! recovery console, which shows the primary missing.
 //!
-//! The recovery initramfs installed is the prebuilt `target/recovery/initrd.img`
-//! (`--initrd`): building one with zstd -19 under TCG would take minutes, and the
-//! builder has its own tests. Does not own: the harness (`qemu/`), provision itself.
+//! The first run installs the prebuilt `target/recovery/initrd.img` (`--initrd`), the
+//! second builds one from the guest kernel's modules with our stripped binary as
+//! `/init` (provision's default path), and that is the one the firmware boots reach.
+//! Does not own: the harness (`qemu/`), provision itself.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::{Ctx, Firmware, Scenario, expect_poweroff, secs};
 use crate::qemu::{DiskSpec, ImageFormat, Machine, MachineSpec};
-use crate::run::Cmd;
 
 pub const FIXTURE: Scenario = Scenario {
     name: "provision-fixture",
@@ -44,19 +44,6 @@ const TO_RECOVERY: Duration = Duration::from_secs(180);
 
 const IMAGE_DIR: &str = "20261125T000000Z-fixture";
 const IMAGE_MARK: &str = "image-kept-marker";
-
-/// The debug build of our static binary (built when missing or stale).
-fn understudy_bin() -> Result<PathBuf> {
-    Cmd::new("cargo")
-        .args(["build", "--bin", "understudy"])
-        .dir(crate::repo_root())
-        .run()
-        .context("building understudy")?;
-    Ok(crate::target_dir()
-        .join("x86_64-unknown-linux-gnu")
-        .join("debug")
-        .join("understudy"))
-}
 
 /// The busybox part: host root over 9p, the primary laid out, the chroot entered.
 fn outer_script(inside: &Path) -> String {
@@ -102,21 +89,23 @@ poweroff -f
     )
 }
 
-/// The appliance part, run with the LV as `/`: provision twice around an image.
-fn inside_script(bin: &Path, args: &str) -> String {
+/// The appliance part, run with the LV as `/`: provision twice around an image, the
+/// first run installing a ready initramfs (`first`), the second building one
+/// (`second`), which the firmware boots then use.
+fn inside_script(bin: &Path, args: &str, first: &str, second: &str) -> String {
     format!(
         r#"set -u
 B={bin}
 ARGS="{args}"
-$B provision $ARGS --dry-run; echo "DRY-RUN rc=$?"
-$B provision $ARGS; echo "PROVISION-1 rc=$?"
+$B provision $ARGS {first} --dry-run; echo "DRY-RUN rc=$?"
+$B provision $ARGS {first}; echo "PROVISION-1 rc=$?"
 sgdisk -v /dev/vdb; echo "SGDISK-1 rc=$?"
 echo "PVS: $(lvm pvs --noheadings -o pv_name,vg_name /dev/vdb6 | tr -s ' ')"
 echo "RECOVERY-ENTRY $(grep -c 'menuentry "Recovery"' /boot/grub/grub.cfg)"
 echo "RECORDED $(tr -d ' \n' < /etc/understudy/disks.json)"
 mount /dev/vdb5 /mnt && mkdir /mnt/{IMAGE_DIR} && echo {IMAGE_MARK} > /mnt/{IMAGE_DIR}/manifest.json && umount /mnt
 echo "IMAGE-PLACED rc=$?"
-$B provision $ARGS; echo "PROVISION-2 rc=$?"
+$B provision $ARGS {second}; echo "PROVISION-2 rc=$?"
 mount -o ro /dev/vdb5 /mnt && echo "IMAGE-AFTER $(cat /mnt/{IMAGE_DIR}/manifest.json)"; umount /mnt
 sgdisk -v /dev/vdb; echo "SGDISK-2 rc=$?"
 echo "PVS-2: $(lvm pvs --noheadings -o pv_name,vg_name /dev/vdb6 | tr -s ' ')"
@@ -165,7 +154,8 @@ fn fixture(ctx: &Ctx) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     let work = Path::new("/work");
     let k = ctx.guest.kernel;
-    let bin = understudy_bin()?;
+    // Stripped: it becomes /init of the initramfs the second run builds.
+    let bin = crate::appliance::understudy_bin(&ctx.dir)?;
     let initrd = super::boottest::recovery_initrd()?;
     for p in [&bin, &initrd, &k.vmlinuz, &ctx.dir] {
         if !p.starts_with(work) {
@@ -179,13 +169,14 @@ fn fixture(ctx: &Ctx) -> Result<Vec<String>> {
     let primary = ctx.blank("primary.raw", 1024)?;
     let secondary = ctx.blank("secondary.raw", 2048)?;
     let args = format!(
-        "--secondary /dev/vdb --yes --cow-size 64M --kernel {} --kernel-version {} --initrd {}",
+        "--secondary /dev/vdb --yes --cow-size 64M --kernel {} --kernel-version {}",
         k.vmlinuz.display(),
         k.version,
-        initrd.display()
     );
+    let first = format!("--initrd {}", initrd.display());
+    let second = format!("--modules {}", k.modules_dir.display());
     let inside = ctx.dir.join("inside.sh");
-    std::fs::write(&inside, inside_script(&bin, &args))
+    std::fs::write(&inside, inside_script(&bin, &args, &first, &second))
         .with_context(|| format!("writing {}", inside.display()))?;
 
     let mut spec = ctx.direct_boot(
@@ -249,6 +240,9 @@ fn fixture(ctx: &Ctx) -> Result<Vec<String>> {
     expect(&recorded, &format!("\"serial\":\"{SECONDARY_SERIAL}\""))?;
     expect(&nth_line(&vm, "IMAGE-PLACED rc=", 0)?, "rc=0")?;
     expect(&nth_line(&vm, "PROVISION-2 rc=", 0)?, "rc=0")?;
+    if !log.contains("provision: built the recovery initramfs for") {
+        bail!("the second run did not build the recovery initramfs");
+    }
     if !log.contains("mode: update") {
         bail!("the second run did not recognise the provisioned disk (no \"mode: update\")");
     }
@@ -259,7 +253,8 @@ fn fixture(ctx: &Ctx) -> Result<Vec<String>> {
     let mut notes = vec![
         format!("fixture ready at {} ({ready})", secs(ready_at)),
         format!(
-            "provisioned, checked, image placed, provisioned again: done at {}",
+            "provisioned (ready initramfs), checked, image placed, provisioned again \
+             (initramfs built in the guest): done at {}",
             secs(done_at)
         ),
         "sgdisk -v clean twice; /dev/vdb6 in appvg; \"Recovery\" in the primary's grub.cfg; \
@@ -278,7 +273,8 @@ fn fixture(ctx: &Ctx) -> Result<Vec<String>> {
         spec.memory_mib = 512;
         spec.no_reboot = true;
         spec.deadline = Some(deadline);
-        let mut disk = DiskSpec::virtio("secondary", &secondary, ImageFormat::Raw, SECONDARY_SERIAL);
+        let mut disk =
+            DiskSpec::virtio("secondary", &secondary, ImageFormat::Raw, SECONDARY_SERIAL);
         disk.bootindex = Some(1);
         spec.disks.push(disk);
         let mut vm = Machine::start(&spec)?;

@@ -5,7 +5,10 @@
 //! build of understudy as `/init` (`cargo build` first), booted on Debian's kernel;
 //! from PID 1's shell, `understudy restore` runs with `--progress=json`, then
 //! `sgdisk -v`, `e2fsck -fn`, `lvs` and `blkid` check what it made, and a file of
-//! the image is read back from the restored root.
+//! the image is read back from the restored root. The machine also has a secondary
+//! (recorded identities, a snapshot COW PV) and the wiped old primary, so the image's
+//! VG name is left partial on the COW PV, as when a primary dies: the restore clears
+//! it there and the COW PV joins the restored VG again.
 //!
 //! A child module of `vmtest.rs` (declared there with `#[path]`).
 
@@ -66,8 +69,48 @@ const LAYOUT: &str = r#"{
             "size_bytes": 16777216}]
 }"#;
 
+/// The secondary: a recovery filesystem with the recorded identities (partition 3)
+/// and provision's snapshot COW PV (partition 6, `understudy-cow`).
+const SECONDARY_SERIAL: &str = "US-SECONDARY-0003";
+const SECONDARY_MIB: u64 = 64;
+/// The old primary, whose PV of `usvg` is wiped before the restore (it died).
+const OLD_PRIMARY_SERIAL: &str = "US-OLDPRIMARY-0004";
+const OLD_PRIMARY_MIB: u64 = 16;
+
+/// Lays out the secondary (`/dev/vdc`) as provision would for what the restore
+/// looks at, makes `usvg` on the old primary (`/dev/vdd`) and the COW PV with an LV,
+/// then wipes the old primary: `usvg` is left partial on the COW PV. Prints `vgs`.
+fn stale_vg_script() -> String {
+    let id = |serial: &str, mib: u64| {
+        format!(
+            r#"{{"wwn":null,"serial":"{serial}","model":null,"size":{},"logical_sector":512}}"#,
+            mib << 20
+        )
+    };
+    let disks = format!(
+        r#"{{"primary":{},"secondary":{}}}"#,
+        id(OLD_PRIMARY_SERIAL, OLD_PRIMARY_MIB),
+        id(SECONDARY_SERIAL, SECONDARY_MIB)
+    );
+    format!(
+        "export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1; \
+         sgdisk -n 3:2048:+8M -c 3:understudy-recovery -n 6:0:+24M -t 6:8e00 \
+         -c 6:understudy-cow /dev/vdc >/dev/null && \
+         i=0; while [ ! -b /dev/vdc6 ] && [ $i -lt 30 ]; do i=$((i+1)); sleep 1; done; \
+         mke2fs -q -F -t ext4 -L {label} /dev/vdc3 && mkdir -p /mnt/rec && \
+         mount -t ext4 /dev/vdc3 /mnt/rec && mkdir -p /mnt/rec/understudy && \
+         echo '{disks}' > /mnt/rec/{file} && umount /mnt/rec && \
+         lvm pvcreate -q -y /dev/vdd /dev/vdc6 && lvm vgcreate -q usvg /dev/vdd /dev/vdc6 && \
+         lvm lvcreate -q -y -l 1 -n oldroot usvg /dev/vdd && lvm vgchange -q -a n usvg && \
+         dd if=/dev/zero of=/dev/vdd bs=1M count=4 2>/dev/null && sync && \
+         lvm vgs --noheadings -o vg_name,vg_attr usvg",
+        label = understudy::init::recorded::RECOVERY_LABEL,
+        file = understudy::init::recorded::DISKS_FILE,
+    )
+}
+
 /// The dev build of understudy (static, like every build of this repository).
-fn dev_bin() -> Result<PathBuf> {
+pub(super) fn dev_bin() -> Result<PathBuf> {
     let bin = target_dir().join("x86_64-unknown-linux-gnu/debug/understudy");
     if !bin.is_file() {
         bail!("{} is missing: run `cargo build` first", bin.display());
@@ -76,7 +119,7 @@ fn dev_bin() -> Result<PathBuf> {
 }
 
 /// The image directory `images/img` and the whole-disk ext4 holding `images/`.
-fn images_disk(dir: &Path) -> Result<PathBuf> {
+pub(super) fn images_disk(dir: &Path) -> Result<PathBuf> {
     let trees = dir.join("trees");
     let root = trees.join("root");
     let boot = trees.join("boot");
@@ -184,15 +227,47 @@ fn restore_engine(ctx: &Ctx) -> Result<Vec<String>> {
         ImageFormat::Raw,
         "US-TARGET-0002",
     ));
+    m.disks.push(DiskSpec::virtio(
+        "secondary",
+        ctx.blank("secondary.raw", SECONDARY_MIB)?,
+        ImageFormat::Raw,
+        SECONDARY_SERIAL,
+    ));
+    m.disks.push(DiskSpec::virtio(
+        "old-primary",
+        ctx.blank("old-primary.raw", OLD_PRIMARY_MIB)?,
+        ImageFormat::Raw,
+        OLD_PRIMARY_SERIAL,
+    ));
     let mut vm = Machine::start(&m)?;
     vm.wait_for_text(understudy::init::menu::LINE, BOOT)?;
     vm.send_keys("s")?;
     vm.wait_for_text(regex::Regex::new(r"(?m)^/ # ")?, STEP)?;
 
     let mut notes = Vec::new();
+    // PID 1 loads the filesystems and device-mapper in the background after its
+    // first screen (`init::modload::ALWAYS`).
     let (code, log) = shell(
         &vm,
-        "mkdir -p /mnt/images && mount -o ro /dev/vda /mnt/images && \
+        "i=0; until grep -qw ext4 /proc/filesystems && [ -d /sys/module/dm_mod ] \
+         || [ $i -ge 120 ]; do i=$((i+1)); sleep 1; done; grep -qw ext4 /proc/filesystems",
+        "DRIVERS",
+    )?;
+    if code != 0 {
+        bail!("ext4 and dm-mod did not load:\n{}", tail(&log, 20));
+    }
+    // The dead primary's VG, left partial on the secondary's COW PV.
+    let (code, log) = shell(&vm, &stale_vg_script(), "STALE")?;
+    if code != 0 || !log.contains("wz-pn-") {
+        bail!(
+            "could not leave a partial usvg on the COW PV ({code}):\n{}",
+            tail(&log, 30)
+        );
+    }
+    notes.push("usvg left partial on the secondary's COW PV /dev/vdc6 (old primary wiped)".into());
+    let (code, log) = shell(
+        &vm,
+        "mkdir -p /mnt/images && mount -t ext4 -o ro /dev/vda /mnt/images && \
          /init restore /mnt/images/img --target /dev/vdb --yes --no-copy-back --progress=json \
          >/tmp/events 2>/tmp/errors; r=$?; tail -n 2 /tmp/events; tail -n 3 /tmp/errors; \
          (exit $r)",
@@ -204,6 +279,13 @@ fn restore_engine(ctx: &Ctx) -> Result<Vec<String>> {
     notes.push("restore exited 0 with {\"event\":\"done\"}".into());
     if !log.contains(r#"{"event":"done"}"#) {
         bail!("no done event:\n{}", tail(&log, 30));
+    }
+    let (code, log) = shell(&vm, "grep -c 'COW PV /dev/vdc6' /tmp/events", "COWNOTES")?;
+    if code != 0 {
+        bail!(
+            "the restore did not say it cleared and rejoined the COW PV:\n{}",
+            tail(&log, 20)
+        );
     }
     let (code, log) = shell(&vm, "sgdisk -v /dev/vdb", "SGDISK")?;
     if code != 0 || !log.contains("No problems found") {
@@ -223,6 +305,20 @@ fn restore_engine(ctx: &Ctx) -> Result<Vec<String>> {
         );
     }
     notes.push("lvs: usvg/root and usvg/swap".into());
+    let (code, log) = shell(
+        &vm,
+        "lvm vgs --noheadings -o vg_attr,pv_count usvg; \
+         lvm pvs --noheadings -o pv_name,vg_name | grep -c '/dev/vdc6 *usvg'",
+        "COWPV",
+    )?;
+    let whole = regex::Regex::new(r"wz--n-\s+2\b")?;
+    if code != 0 || !whole.is_match(&log) {
+        bail!(
+            "the COW PV did not join the restored usvg, or usvg is not whole ({code}):\n{}",
+            tail(&log, 20)
+        );
+    }
+    notes.push("the COW PV /dev/vdc6 is back in the restored usvg (2 PVs, not partial)".into());
     for (dev, what) in [("/dev/mapper/usvg-root", "root"), ("/dev/vdb1", "boot")] {
         let (code, log) = shell(&vm, &format!("e2fsck -fn {dev}"), "FSCK")?;
         if code != 0 {

@@ -124,11 +124,15 @@ fn recovery_shell(
     vm.wait_for_text(MENU, STEP)?;
     vm.send_keys("s")?;
     vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
+    // PID 1 loads the filesystems and device-mapper after its first screen, in the
+    // background (`init::modload::ALWAYS`): the restore needs ext4 and dm-mod.
     type_line(
         &vm,
-        "mkdir -p /img && mount /dev/vdb /img && echo IMG-MOUNTED=$?",
+        "i=0; until grep -qw ext4 /proc/filesystems && [ -d /sys/module/dm_mod ] && [ -b /dev/vdb ] \
+         || [ $i -ge 120 ]; do i=$((i+1)); sleep 1; done; \
+         mkdir -p /img && mount -t ext4 /dev/vdb /img && echo IMG-MOUNTED=$?",
     )?;
-    vm.wait_for_text(re(r"IMG-MOUNTED=0")?, STEP)?;
+    vm.wait_for_text(re(r"IMG-MOUNTED=0")?, BOOT + STEP)?;
     Ok(vm)
 }
 

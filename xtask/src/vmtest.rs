@@ -128,6 +128,7 @@ const SCENARIOS: &[Scenario] = &[
     pid1test::OVERHEAD,
     consoletest::AUTO_KEXEC,
     consoletest::UNREADABLE,
+    consoletest::RESTORE,
     restore_engine_test::RESTORE_ENGINE,
     restoretest::SAME_SIZE,
     restoretest::LARGER,
