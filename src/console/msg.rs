@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use crate::restore::events::Event;
 
 use crate::recovery::situation::Situation;
 
@@ -51,44 +51,28 @@ pub enum EngineEvent {
     Unparsed(String),
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum Wire {
-    Phase {
-        step: String,
-        #[serde(default)]
-        point_of_no_return: bool,
-    },
-    Progress {
-        step: String,
-        done: u64,
-        total: u64,
-    },
-    Note {
-        text: String,
-    },
-    Done,
-    Failed {
-        step: String,
-        error: String,
-    },
-}
-
 impl EngineEvent {
     /// The event on one line of the stream.
     pub fn parse(line: &str) -> EngineEvent {
-        match serde_json::from_str::<Wire>(line) {
-            Ok(Wire::Phase {
+        match serde_json::from_str::<Event>(line) {
+            Ok(Event::Phase {
                 step,
                 point_of_no_return,
             }) => EngineEvent::Phase {
-                step,
+                step: step.name().into(),
                 point_of_no_return,
             },
-            Ok(Wire::Progress { step, done, total }) => EngineEvent::Progress { step, done, total },
-            Ok(Wire::Note { text }) => EngineEvent::Note(text),
-            Ok(Wire::Done) => EngineEvent::Done,
-            Ok(Wire::Failed { step, error }) => EngineEvent::Failed { step, error },
+            Ok(Event::Progress { step, done, total }) => EngineEvent::Progress {
+                step: step.name().into(),
+                done,
+                total,
+            },
+            Ok(Event::Note { text }) => EngineEvent::Note(text),
+            Ok(Event::Done) => EngineEvent::Done,
+            Ok(Event::Failed { step, error }) => EngineEvent::Failed {
+                step: step.name().into(),
+                error,
+            },
             Err(_) => EngineEvent::Unparsed(line.to_string()),
         }
     }

@@ -121,6 +121,8 @@ const DISKS_STABLE: Duration = Duration::from_millis(60);
 /// How often the menu loop wakes to reap and look at signals with no key pressed.
 const TICK: Duration = Duration::from_millis(500);
 
+/// At most this long, drivers still loading wait for the first screen.
+const FIRST_SCREEN_HOLD: Duration = Duration::from_secs(2);
 /// How long loading the modules wanted by name may take.
 const NAMED_BOUND: Duration = Duration::from_secs(20);
 /// Where the kernel lists block devices.
@@ -141,7 +143,8 @@ static LATE_DRIVERS: std::sync::Once = std::sync::Once::new();
 static LATE_NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// The device drivers' summary line, once their loading is over.
 static DEVICE_DRIVERS: Mutex<Option<String>> = Mutex::new(None);
-/// The status screen's drivers line until then.
+/// The plain status screen's drivers line until then. Drawn, not kept in the notes:
+/// the recovery console reads the notes once, and would show it for ever.
 pub const DRIVERS_LOADING: &str =
     "drivers: still loading; the screen is drawn again when they are in";
 
@@ -255,7 +258,11 @@ fn start() -> (Consoles, Status, Options) {
     ));
     start_device_drivers();
     wait_for_disks(Path::new(SYS_BLOCK));
-    notes.push(device_drivers_line().unwrap_or_else(|| DRIVERS_LOADING.to_string()));
+    // The drivers still loading wait while the first screen is made
+    // (`start_late_drivers` releases them once it is drawn).
+    modload::hold_until(Instant::now() + FIRST_SCREEN_HOLD);
+    // Still loading: the summary joins the notes when it comes (`screen_changed`).
+    notes.extend(device_drivers_line());
     if opts.mode == Mode::Auto {
         notes.push(
             "understudy.mode=auto: automatic actions come with the recovery console; waiting here"
@@ -349,6 +356,7 @@ fn load_named(names: &[&str], what: &str) -> Option<String> {
 /// first screen do not wait for them. What failed reaches the screen through
 /// [`LATE_NOTES`].
 fn start_late_drivers() {
+    modload::release();
     LATE_DRIVERS.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("late-drivers".into())
@@ -381,12 +389,10 @@ fn screen_changed(status: &mut Status, known: &mut Vec<String>) -> bool {
         std::mem::take(&mut *LATE_NOTES.lock().unwrap_or_else(|p| p.into_inner()));
     let mut changed = !late.is_empty();
     status.notes.extend(late);
-    if status.notes.iter().any(|n| n == DRIVERS_LOADING)
+    if !status.notes.iter().any(|n| n.starts_with("drivers: "))
         && let Some(line) = device_drivers_line()
     {
-        for n in status.notes.iter_mut().filter(|n| *n == DRIVERS_LOADING) {
-            n.clone_from(&line);
-        }
+        status.notes.push(line);
         changed = true;
     }
     let now = block_devices(Path::new(SYS_BLOCK));
@@ -511,6 +517,10 @@ fn draw(consoles: &mut Consoles, status: &Status, opts: Options) {
             text.push_str(&l.chars().take(usize::from(cols)).collect::<String>());
             text.push('\n');
         }
+    }
+    if device_drivers_line().is_none() {
+        text.push_str(DRIVERS_LOADING);
+        text.push('\n');
     }
     text.push('\n');
     text.push_str(menu::LINE);

@@ -153,6 +153,30 @@ pub fn load_file(path: &Path) -> Loaded {
     }
 }
 
+/// Until when loaders start no new module ([`hold_until`]).
+static HOLD: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Device loaders ([`load_for_devices`]) start no new module until `until` (or
+/// [`release`]): PID 1 takes the
+/// inventory and draws the first screen meanwhile, which on a one-CPU machine would
+/// otherwise share the CPU with the drivers still loading. A module already loading
+/// goes on; the time bound keeps a hold from being forgotten.
+pub fn hold_until(until: Instant) {
+    *HOLD.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+}
+
+/// Ends a [`hold_until`].
+pub fn release() {
+    *HOLD.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// How long loaders still hold off, if they do.
+fn held_for() -> Option<Duration> {
+    let until = (*HOLD.lock().unwrap_or_else(|p| p.into_inner()))?;
+    let left = until.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
 /// At most this many threads hand modules to the kernel at once.
 pub const LOADERS: usize = 6;
 
@@ -281,6 +305,14 @@ fn loader(index: &Index, mod_dir: &Path, queue: &Mutex<Queue>, cv: &Condvar) {
     loop {
         if q.rescan_pending() {
             q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        // Only device loading holds: what is loaded by name is wanted now.
+        if let Some(left) = held_for().filter(|_| q.rescans && !q.closing) {
+            q = cv
+                .wait_timeout(q, left.min(Duration::from_millis(20)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
             continue;
         }
         if let Some(i) = q.next_ready() {

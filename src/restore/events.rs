@@ -9,12 +9,12 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
 /// The steps of a restore, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     Verify,
@@ -73,8 +73,8 @@ impl Step {
     }
 }
 
-/// One line of the JSON stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One line of the JSON stream (the console reads it back with `Deserialize`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
     Phase {

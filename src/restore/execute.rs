@@ -521,7 +521,8 @@ impl Run<'_> {
                 if !tree.exists("usr/lib/grub/i386-pc")? {
                     bail!("the restored system has no GRUB for BIOS (/usr/lib/grub/i386-pc)");
                 }
-                chroot(root, &["grub-install", "--target=i386-pc", &dev])?;
+                let said = chroot(root, &["grub-install", "--target=i386-pc", &dev])?;
+                self.rep.note(said);
                 // grub-install wrote its boot sector: keep it for the finish step.
                 self.boot_sector = Some(read_boot_sector(&plan.target.path)?);
                 disarm(&plan.target.path)?;
@@ -529,7 +530,7 @@ impl Run<'_> {
             if let Some(esp) = &b.esp {
                 if tree.exists("usr/lib/grub/x86_64-efi")? {
                     let efi_dir = format!("--efi-directory={esp}");
-                    chroot(
+                    let said = chroot(
                         root,
                         &[
                             "grub-install",
@@ -539,6 +540,7 @@ impl Run<'_> {
                             &efi_dir,
                         ],
                     )?;
+                    self.rep.note(said);
                     let esp_dir = root.join(esp.trim_start_matches('/'));
                     let boot = esp_dir.join(EFI_BOOT);
                     let pending = esp_dir.join(EFI_PENDING);
@@ -558,7 +560,8 @@ impl Run<'_> {
                 }
             }
             if tree.exists("usr/sbin/grub-mkconfig")? {
-                chroot(root, &["grub-mkconfig", "-o", "/boot/grub/grub.cfg"])?;
+                let said = chroot(root, &["grub-mkconfig", "-o", "/boot/grub/grub.cfg"])?;
+                self.rep.note(said);
             }
             Ok(())
         })();
@@ -817,13 +820,30 @@ fn mkfs(m: &MkfsStep) -> Result<Option<UuidChange>> {
     }))
 }
 
-/// Run `args` inside the restored tree at `root`.
-fn chroot(root: &Path, args: &[&str]) -> Result<()> {
-    Cmd::new("chroot")
+/// Run `args` inside the restored tree at `root`; a note for the progress stream:
+/// the command and the last line it wrote ("Installation finished. No error
+/// reported.", "done").
+fn chroot(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Cmd::new("chroot")
         .arg(root)
         .args(args)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .run()
+        .output()?;
+    let said = [&out.stderr, &out.stdout]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .find_map(|t| {
+            t.lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "done".into());
+    Ok(format!(
+        "{} (in the restored system): {said}",
+        args.join(" ")
+    ))
 }
 
 /// Whether `program` is an executable file in a directory of `PATH`.

@@ -190,3 +190,31 @@ impl Drop for MountGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_name_the_process_and_what_it_holds() {
+        let dir = std::env::temp_dir().join(format!("understudy-holders-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let none = holders(&dir);
+        assert!(none.is_empty(), "{none:?}");
+        let file = std::fs::File::create(dir.join("sub/open")).unwrap();
+        let me = std::process::id().to_string();
+        let got = holders(&dir);
+        let mine: Vec<&String> = got
+            .iter()
+            .filter(|h| h.starts_with(&format!("{me} (")))
+            .collect();
+        assert_eq!(mine.len(), 1, "{got:?}");
+        assert!(mine[0].contains(" fd "), "{got:?}");
+        drop(file);
+        assert!(holders(&dir).is_empty());
+        // Nothing is mounted inside a plain directory.
+        assert!(submounts(&dir).is_empty());
+        assert!(submounts(Path::new("/")).iter().any(|m| m == "/proc"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1372,18 +1372,14 @@ mod tests {
             p.tools(),
             ["blockdev", "lvm", "mkfs.fat", "mke2fs", "chroot"]
         );
+        // A btrfs root on a partition, no LVM, no bootloader.
         let mut m = manifest();
-        m.layout.filesystems[1].fstype = "btrfs".into();
+        m.layout.filesystems = vec![fs(Source::Partition(3), "btrfs", ROOT_UUID, MIB, "/")];
         m.layout.lvm = Default::default();
-        m.layout
-            .filesystems
-            .retain(|f| matches!(f.source, Source::Partition(_)));
         m.layout.swap.clear();
         m.layout
             .partitions
-            .retain(|p| p.type_guid != Some(BIOS_BOOT));
-        m.layout.partitions.retain(|p| p.type_guid != Some(ESP));
-        m.layout.filesystems.retain(|f| f.fstype != "vfat");
+            .retain(|p| p.type_guid != Some(BIOS_BOOT) && p.type_guid != Some(ESP));
         let p = plan(&m, Path::new("/i"), &inv, None, "vdb").unwrap();
         assert_eq!(p.tools(), ["blockdev", "mkfs.btrfs"]);
     }

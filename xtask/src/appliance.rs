@@ -258,6 +258,7 @@ E=/img/expect
 sgdisk -v /dev/vda; echo "SGDISK-RC=$?"
 lvm vgchange -ay vg0 >/dev/null 2>&1
 lvm lvs --noheadings -o lv_name,lv_size vg0
+echo "ROOT-LV-BYTES=$(lvm lvs --noheadings --units b --nosuffix -o lv_size vg0/root | tr -d ' ')"
 e2fsck -fn /dev/vda2 >/tmp/fsck-boot 2>&1; echo "E2FSCK-BOOT-RC=$?"; tail -2 /tmp/fsck-boot
 e2fsck -fn /dev/mapper/vg0-root >/tmp/fsck-root 2>&1; echo "E2FSCK-ROOT-RC=$?"; tail -2 /tmp/fsck-root
 blkid /dev/vda2 /dev/mapper/vg0-root /dev/mapper/vg0-swap

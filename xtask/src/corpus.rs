@@ -25,6 +25,11 @@ pub const INCLUDE: &[&str] = &[
     "grub-pc",
     "e2fsprogs",
     "udev",
+    // What `understudy provision` needs on the appliance: FAT for the ESP, GRUB's
+    // UEFI modules beside grub-pc's, and a busybox for the recovery initramfs.
+    "dosfstools",
+    "grub-efi-amd64-bin",
+    "busybox-static",
 ];
 
 /// `cargo xtask corpus`: make sure the tree exists and print its path.

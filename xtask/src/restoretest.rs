@@ -245,6 +245,39 @@ fn checks(vm: &Machine) -> Result<Vec<String>> {
     Ok(notes)
 }
 
+/// The restored root LV against the image's: the same size on a disk of the image's
+/// size, grown on a larger disk, shrunk on a smaller one (the layout planner's fit).
+fn root_lv_fits(vm: &Machine, img: &ImageDisk, mib: u64) -> Result<String> {
+    let manifest = understudy::image::manifest::Manifest::load(&img.image)?;
+    let recorded = manifest
+        .layout
+        .lvm
+        .lvs
+        .iter()
+        .find(|l| l.vg == appliance::VG && l.name == "root")
+        .map(|l| l.size_bytes.0)
+        .context("the image's layout has no root LV")?;
+    let got: u64 = marker(vm, "ROOT-LV-BYTES")?
+        .parse()
+        .context("reading the restored root LV's size")?;
+    let fits = match mib.cmp(&appliance::DISK_MIB) {
+        std::cmp::Ordering::Equal => got == recorded,
+        std::cmp::Ordering::Greater => got > recorded,
+        std::cmp::Ordering::Less => got < recorded,
+    };
+    if !fits {
+        bail!(
+            "the restored root LV is {got} bytes on a {mib} MiB disk; the image's is {recorded} \
+             bytes on {} MiB",
+            appliance::DISK_MIB
+        );
+    }
+    Ok(format!(
+        "root LV {got} bytes on {mib} MiB (the image's: {recorded} bytes on {} MiB)",
+        appliance::DISK_MIB
+    ))
+}
+
 /// Leaves the shell and powers off from the menu.
 fn power_off(vm: &mut Machine) -> Result<()> {
     type_line(vm, "cd / ; sync")?;
@@ -269,6 +302,20 @@ fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<
             steps.join(" ")
         );
     }
+    // The bootloader step ran GRUB's own tools in the restored system.
+    let log = vm.console().log_text()?;
+    let grub: Vec<String> = ["grub-install --target=i386-pc", "grub-mkconfig"]
+        .iter()
+        .map(|cmd| {
+            log.lines()
+                .filter_map(|l| l.find("{\"").map(|i| &l[i..]))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim_end()).ok())
+                .filter(|v| v["event"] == "note")
+                .filter_map(|v| v["text"].as_str().map(str::to_string))
+                .find(|t| t.starts_with(cmd))
+                .with_context(|| format!("the restore did not report running {cmd}"))
+        })
+        .collect::<Result<_>>()?;
     let mut notes = vec![
         format!(
             "restore onto {mib} MiB: exit 0 in {} (steps: {})",
@@ -277,7 +324,9 @@ fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<
         ),
         format!("last event: {last}"),
     ];
+    notes.extend(grub);
     notes.extend(checks(&vm)?);
+    notes.push(root_lv_fits(&vm, &img, mib)?);
     power_off(&mut vm)?;
     Ok((primary, notes))
 }

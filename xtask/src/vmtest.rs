@@ -135,6 +135,7 @@ const SCENARIOS: &[Scenario] = &[
     restoretest::SMALLER,
     restoretest::CORRUPT,
     provisiontest::FIXTURE,
+    provisiontest::APPLIANCE,
 ];
 
 /// How a set of scenarios went.
