@@ -169,6 +169,14 @@ impl Cmd {
             .with_context(|| format!("starting `{}`", self.display()))
     }
 
+    /// Start it with standard streams inherited and return at once: for a caller
+    /// that waits in its own way (PID 1 reaps every child with `waitpid(-1)`).
+    pub fn spawn_interactive(&self) -> Result<std::process::Child> {
+        self.command()
+            .spawn()
+            .with_context(|| format!("starting `{}`", self.display()))
+    }
+
     /// Run with standard streams inherited (interactive tools, a shell).
     pub fn interactive(&self) -> Result<ExitStatus> {
         self.command()

@@ -533,6 +533,11 @@ fn service() {
     for (pid, how) in reaper::reap() {
         log::info(&format!("reaped process {pid}: {how}"));
     }
+    handle_signals();
+}
+
+/// Acts on the signals that arrived since last time (their handlers only set flags).
+fn handle_signals() {
     for sig in sys::take_signals() {
         match sig {
             Signal::SIGCHLD => {}

@@ -5,24 +5,47 @@
 //! waits for its own child by pid, and [`reap`] is only called between such runs, so
 //! it never takes a status that `Cmd` is waiting for.
 
+use std::fmt;
+
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Killed(Signal),
+}
+
+impl Ended {
+    pub fn success(self) -> bool {
+        self == Ended::Exited(0)
+    }
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::Exited(code) => write!(f, "exited {code}"),
+            Ended::Killed(sig) => write!(f, "killed by {sig}"),
+        }
+    }
+}
+
 /// Every exited child's pid and how it ended; returns at once when none has.
-pub fn reap() -> Vec<(i32, String)> {
+pub fn reap() -> Vec<(i32, Ended)> {
     reap_with(|| waitpid(None, Some(WaitPidFlag::WNOHANG)))
 }
 
 /// The loop of [`reap`] over any non-blocking wait (tests wait for their own child
 /// only, so as not to take the children of tests running alongside).
-fn reap_with(mut wait: impl FnMut() -> nix::Result<WaitStatus>) -> Vec<(i32, String)> {
+fn reap_with(mut wait: impl FnMut() -> nix::Result<WaitStatus>) -> Vec<(i32, Ended)> {
     let mut out = Vec::new();
     loop {
         match wait() {
-            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), format!("exited {code}"))),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                out.push((pid.as_raw(), format!("killed by {sig}")))
-            }
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), Ended::Exited(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid.as_raw(), Ended::Killed(sig))),
             // Stopped or continued children are still alive; nothing (more) to reap.
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
             Ok(_) => continue,
@@ -55,7 +78,8 @@ mod tests {
             seen = reap_with(ours);
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(seen, [(pid.as_raw(), "exited 7".to_string())]);
+        assert_eq!(seen, [(pid.as_raw(), Ended::Exited(7))]);
+        assert_eq!(seen[0].1.to_string(), "exited 7");
         // Gone now: ECHILD ends the loop with nothing.
         assert!(reap_with(ours).is_empty());
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::console::{CLEAR, Consoles};
 use super::status::Status;
-use super::{Options, log};
+use super::{Options, log, reaper};
 use crate::cmd::Cmd;
 
 /// Where PID 1 leaves its start-up notes for the console.
@@ -61,15 +61,36 @@ fn notes_text(notes: &[String]) -> String {
         .collect()
 }
 
+/// How often PID 1 looks for ended children and signals while the console runs.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the console once. PID 1 keeps reaping every child meanwhile (orphans are
+/// its children too) and acting on signals (Ctrl-Alt-Del), so it does not wait for
+/// the console by pid but collects every ended child and picks the console out.
 fn run_once() -> Exit {
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
-    let status = Cmd::new(exe)
+    let child = match Cmd::new(exe)
         .args(["console", "--notes", NOTES_FILE])
-        .interactive();
-    match status {
-        Ok(s) if s.success() => Exit::Quit,
-        Ok(s) => Exit::Crashed(format!("the recovery console ended: {s}")),
-        Err(e) => Exit::Crashed(format!("{e:#}")),
+        .spawn_interactive()
+    {
+        Ok(c) => c,
+        Err(e) => return Exit::Crashed(format!("{e:#}")),
+    };
+    let Ok(console) = i32::try_from(child.id()) else {
+        return Exit::Crashed(format!("pid {} out of range", child.id()));
+    };
+    loop {
+        for (pid, how) in reaper::reap() {
+            if pid != console {
+                log::info(&format!("reaped process {pid}: {how}"));
+            } else if how.success() {
+                return Exit::Quit;
+            } else {
+                return Exit::Crashed(format!("the recovery console ended: {how}"));
+            }
+        }
+        super::handle_signals();
+        std::thread::sleep(TICK);
     }
 }
 
