@@ -5,8 +5,8 @@
 //! only part here that touches the world).
 //!
 //! Does not own: the inventory and identity matching (`disk`), the environment block
-//! format (`boot`), the image format (`image`, which will replace the small manifest
-//! view in [`images`]), the screens (`console`), restoring (`restore`).
+//! format (`boot`), the image format and its reading (`image`; [`images`] only
+//! projects what the screens show), the screens (`console`), restoring (`restore`).
 
 pub mod emergency;
 pub mod gather;
