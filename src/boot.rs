@@ -39,6 +39,13 @@ pub const ENV_PATH_B: &str = "/grub/grubenv.b";
 /// Where the recovery partition's GRUB configuration lives (GRUB's `$prefix` is `/grub`).
 pub const GRUB_CFG_PATH: &str = "/grub/grub.cfg";
 
+/// A one-shot choice for the next boot, in an environment block of its own (so GRUB's
+/// `save_env`, which clears it, never touches the checked state blocks): the recovery
+/// console leaves `next_entry=emergency` there when it cannot kexec the emergency copy.
+pub const NEXT_ENTRY_PATH: &str = "/grub/next-entry";
+/// The variable in [`NEXT_ENTRY_PATH`].
+pub const NEXT_ENTRY_KEY: &str = "next_entry";
+
 /// The recovery kernel and initramfs on the recovery partition.
 pub const RECOVERY_KERNEL_PATH: &str = "/boot/vmlinuz";
 pub const RECOVERY_INITRD_PATH: &str = "/boot/initrd.img";
@@ -69,6 +76,14 @@ impl Env {
         }
         Env { vars }
     }
+}
+
+/// The block that makes GRUB boot the emergency copy once (if it is ready), whatever
+/// the automatic choice would have been; GRUB clears it as it uses it.
+pub fn next_entry_emergency() -> Result<[u8; ENV_BLOCK_BYTES], EnvError> {
+    let mut vars = BTreeMap::new();
+    vars.insert(NEXT_ENTRY_KEY.to_string(), "emergency".to_string());
+    encode(&Env { vars })
 }
 
 /// Why a block was refused. Callers branch only on "usable or not"; the text is for logs.
@@ -483,6 +498,20 @@ else
   set default=recovery-auto
   set timeout={fallback}
 fi
+
+# A one-shot choice left by the recovery console when it could not kexec the
+# emergency copy: honoured once if the copy is ready, then cleared in place.
+unset next_entry
+if load_env --file ($understudy_recovery){NEXT_ENTRY_PATH} next_entry; then
+  if [ "$next_entry" = emergency -a "$emergency_ready" = 1 ]; then
+    set default=emergency
+    set timeout={fallback}
+  fi
+  if [ -n "$next_entry" ]; then
+    set next_entry=
+    save_env --file ($understudy_recovery){NEXT_ENTRY_PATH} next_entry
+  fi
+fi
 echo "understudy: emergency_ready=$emergency_ready (env copy $understudy_env), primary $understudy_primary"
 
 function understudy_emergency {{
@@ -594,6 +623,26 @@ mod tests {
             got, GOLDEN,
             "the rendered grub.cfg changed; if on purpose, rerun with UNDERSTUDY_UPDATE_GOLDEN=1"
         );
+    }
+
+    #[test]
+    fn next_entry_block_is_a_grub_env_block_naming_the_emergency_entry() {
+        let block = next_entry_emergency().unwrap();
+        assert_eq!(block.len(), ENV_BLOCK_BYTES);
+        let env = decode(&block).unwrap();
+        assert_eq!(
+            env.vars.get(NEXT_ENTRY_KEY).map(String::as_str),
+            Some("emergency")
+        );
+        let cfg = render_grub_cfg(&example()).unwrap();
+        assert!(cfg.contains(&format!(
+            "load_env --file ($understudy_recovery){NEXT_ENTRY_PATH} next_entry"
+        )));
+        assert!(cfg.contains(&format!(
+            "save_env --file ($understudy_recovery){NEXT_ENTRY_PATH} next_entry"
+        )));
+        // The one-shot choice comes after the automatic one, so it overrides it.
+        assert!(cfg.find("set default=primary").unwrap() < cfg.find("unset next_entry").unwrap());
     }
 
     #[test]

@@ -30,13 +30,16 @@ use super::msg::{EngineEvent, Key, Msg};
 use super::state::{Options, State};
 use super::update::{Effect, update};
 use super::view::view;
+use crate::archive;
+use crate::boot;
 use crate::cmd::Cmd;
 use crate::cmdline::Cmdline;
 use crate::disk::Inventory;
 use crate::init::console::{CLEAR, Size, effective_size};
 use crate::init::mounts::MountGuard;
+use crate::init::recorded::RECOVERY_LABEL;
 use crate::recovery::emergency::EmergencyBoot;
-use crate::recovery::gather::{self, MOUNT_ROOT};
+use crate::recovery::gather::{self, MOUNT_ROOT, find_label};
 use crate::recovery::images;
 use crate::recovery::situation::{self, Situation};
 use crate::sys;
@@ -334,6 +337,20 @@ fn carry_out(
             guard.enter(guard.size)?;
             let _ = tx.send(Msg::EffectFailed(problem));
         }
+        Effect::RebootToEmergency => match leave_next_entry(&state.situation.inventory) {
+            Ok(()) => {
+                guard.leave();
+                println!("rebooting into the emergency copy through GRUB...\r");
+                let problem = power(RebootMode::RB_AUTOBOOT);
+                guard.enter(guard.size)?;
+                let _ = tx.send(Msg::EffectFailed(problem));
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::EffectFailed(format!(
+                    "not rebooting: GRUB's one-shot choice could not be left: {e:#}"
+                )));
+            }
+        },
         Effect::BootEmergency(plan) => {
             // The "starting" screen is up; say it before the machine goes.
             guard
@@ -420,6 +437,21 @@ fn power(mode: RebootMode) -> String {
         Err(e) => format!("{mode:?} failed: {e}"),
         Ok(never) => match never {},
     }
+}
+
+/// Writes GRUB's one-shot choice of the emergency entry (`boot::NEXT_ENTRY_PATH`) on
+/// the recovery filesystem, synced, so the next boot starts the emergency copy.
+fn leave_next_entry(inv: &Inventory) -> Result<()> {
+    let (device, fstype) = find_label(inv, RECOVERY_LABEL)
+        .with_context(|| format!("no filesystem labelled {RECOVERY_LABEL}"))?;
+    let guard = MountGuard::writable(&device, &Path::new(MOUNT_ROOT).join("recovery-rw"), &fstype)?;
+    let block = boot::next_entry_emergency().context("encoding the one-shot choice")?;
+    let path = guard
+        .path()
+        .join(boot::NEXT_ENTRY_PATH.trim_start_matches('/'));
+    archive::write_atomic(&path, &block).with_context(|| format!("writing {}", path.display()))?;
+    nix::unistd::sync();
+    Ok(())
 }
 
 /// Mounts the emergency filesystem, and loads its kernel and initrd with its command

@@ -18,6 +18,9 @@ pub enum Effect {
     Refresh,
     /// kexec the emergency copy (a [`Msg::KexecFailed`] follows if it fails).
     BootEmergency(EmergencyBoot),
+    /// kexec failed: leave GRUB a one-shot choice of the emergency entry, then reboot
+    /// (an [`Msg::EffectFailed`] follows if the choice could not be written).
+    RebootToEmergency,
     Reboot,
     PowerOff,
     /// A shell on the console; [`Msg::ShellExited`] when it ends.
@@ -68,13 +71,9 @@ pub fn update(mut s: State, msg: Msg) -> (State, Vec<Effect>) {
         }
         Msg::KexecFailed(e) => {
             s.log(format!("kexec failed: {e}"));
+            s.log("rebooting into the emergency copy through GRUB (a one-shot choice)");
             s.screen = Screen::Booting { problem: Some(e) };
-            // GRUB boots the emergency copy by itself while the primary is absent
-            // and the copy is marked ready: in automatic mode, let it.
-            if s.opts.auto && s.situation.primary.is_missing() {
-                s.log("automatic mode: rebooting; GRUB falls back to the emergency copy");
-                fx.push(Effect::Reboot);
-            }
+            fx.push(Effect::RebootToEmergency);
         }
         Msg::ShellExited(how) => s.log(how),
         Msg::EffectFailed(e) => {
@@ -661,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn kexec_failure_in_auto_mode_reboots_into_grubs_fallback() {
+    fn kexec_failure_reboots_into_the_emergency_copy_through_grub() {
         let (s, fx) = run(
             missing(true),
             [
@@ -673,7 +672,7 @@ mod tests {
             fx,
             [
                 Effect::BootEmergency(fixtures::boot_entry()),
-                Effect::Reboot
+                Effect::RebootToEmergency
             ]
         );
         assert!(

@@ -93,8 +93,8 @@ fn mount_one(p: &Pseudo) -> Result<()> {
     }
 }
 
-/// A filesystem mounted read-only by PID 1; unmounted (lazily, so a shell sitting in
-/// it cannot keep it) when dropped.
+/// A filesystem mounted by PID 1 or the console (read-only unless a small write needs
+/// it); unmounted (lazily, so a shell sitting in it cannot keep it) when dropped.
 #[derive(Debug)]
 pub struct MountGuard {
     target: PathBuf,
@@ -103,18 +103,32 @@ pub struct MountGuard {
 impl MountGuard {
     /// Mounts `device` (of type `fstype`) read-only on `target`, creating it.
     pub fn read_only(device: &Path, target: &Path, fstype: &str) -> Result<MountGuard> {
+        MountGuard::mount(device, target, fstype, MsFlags::MS_RDONLY)
+    }
+
+    /// Mounts it writable, for a small write (the one-shot GRUB choice).
+    pub fn writable(device: &Path, target: &Path, fstype: &str) -> Result<MountGuard> {
+        MountGuard::mount(device, target, fstype, MsFlags::empty())
+    }
+
+    fn mount(device: &Path, target: &Path, fstype: &str, flags: MsFlags) -> Result<MountGuard> {
         std::fs::create_dir_all(target)
             .with_context(|| format!("creating {}", target.display()))?;
+        let how = if flags.contains(MsFlags::MS_RDONLY) {
+            "read-only"
+        } else {
+            "writable"
+        };
         mount(
             Some(device),
             target,
             Some(fstype),
-            MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+            flags | NOSUID_NODEV_NOEXEC,
             None::<&str>,
         )
         .with_context(|| {
             format!(
-                "mounting {} ({fstype}) read-only on {}",
+                "mounting {} ({fstype}) {how} on {}",
                 device.display(),
                 target.display()
             )
