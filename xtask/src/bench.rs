@@ -800,8 +800,10 @@ mod tests {
 const BOOT_RUNS: usize = 5;
 /// The issue's target for our overhead over a trivial `/init`.
 const BOOT_OVERHEAD_TARGET_SECS: f64 = 1.0;
-/// PID 1's status screen's first line (`init::status::TITLE` and its suffix).
-const BOOT_STATUS_TITLE: &str = "understudy recovery - disks and their state";
+/// The status screen's first line: PID 1's plain screen and the console draw it.
+const BOOT_STATUS_TITLE: &str = understudy::init::status::HEADING;
+/// A line only the recovery console draws (PID 1's plain menu has no restore key).
+const BOOT_CONSOLE_LINE: &str = understudy::init::menu::LINE_RECOVERY;
 const BOOT_TRIVIAL_MARK: &str = "TRIVIAL-INIT-MARKER";
 
 #[derive(Serialize)]
@@ -820,6 +822,8 @@ struct BootReport {
     /// Every run, seconds from QEMU start.
     trivial_secs: Vec<f64>,
     status_screen_secs: Vec<f64>,
+    /// Until the recovery console (a child of PID 1) has drawn its first screen.
+    console_secs: Vec<f64>,
     /// Until the screen's drivers line says they are all in (PID 1's plain screen
     /// first says "still loading" when the disks came before the last drivers); only
     /// the runs whose screen showed it (the recovery console shows the line only
@@ -827,6 +831,7 @@ struct BootReport {
     drivers_in_secs: Vec<f64>,
     trivial_median_secs: f64,
     status_screen_median_secs: f64,
+    console_median_secs: f64,
     drivers_in_median_secs: f64,
     overhead_secs: f64,
     overhead_target_secs: f64,
@@ -939,6 +944,7 @@ pub fn boot_main() -> Result<()> {
     let bound = Duration::from_secs(120);
     let mut trivial = Vec::new();
     let mut ours = Vec::new();
+    let mut console = Vec::new();
     let mut drivers_in = Vec::new();
     let drivers_line = regex::Regex::new(r"drivers: \d+ loaded")?;
     for run in 0..BOOT_RUNS {
@@ -962,6 +968,8 @@ pub fn boot_main() -> Result<()> {
                 );
             }
         }
+        vm.wait_for_text(BOOT_CONSOLE_LINE, bound)?;
+        console.push(vm.elapsed().as_secs_f64());
         let drivers_at = vm
             .wait_for_text(drivers_line.clone(), Duration::from_secs(15))
             .ok()
@@ -970,15 +978,17 @@ pub fn boot_main() -> Result<()> {
         vm.send_keys("p")?;
         vm.wait_shutdown(Duration::from_secs(30))?;
         eprintln!(
-            "bench: boot run {}: trivial /init {:.2} s, status screen {:.2} s, drivers all in {}",
+            "bench: boot run {}: trivial /init {:.2} s, status screen {:.2} s, console {:.2} s, drivers all in {}",
             run + 1,
             trivial[run],
             ours[run],
+            console[run],
             drivers_at.map_or("(not shown)".to_string(), |d| format!("{d:.2} s"))
         );
     }
     let t = median_secs(&trivial);
     let o = median_secs(&ours);
+    let c = median_secs(&console);
     let d = median_secs(&drivers_in);
     let report = BootReport {
         initrd: initrd.display().to_string(),
@@ -992,13 +1002,15 @@ pub fn boot_main() -> Result<()> {
         runs: BOOT_RUNS,
         trivial_secs: trivial,
         status_screen_secs: ours,
+        console_secs: console,
         drivers_in_secs: drivers_in,
         trivial_median_secs: t,
         status_screen_median_secs: o,
+        console_median_secs: c,
         drivers_in_median_secs: d,
-        overhead_secs: o - t,
+        overhead_secs: c - t,
         overhead_target_secs: BOOT_OVERHEAD_TARGET_SECS,
-        overhead_met: o - t < BOOT_OVERHEAD_TARGET_SECS,
+        overhead_met: c - t < BOOT_OVERHEAD_TARGET_SECS,
     };
     let mib = |b: u64| b as f64 / 1048576.0;
     println!("\n== boot ({}, median of {BOOT_RUNS}) ==", report.accel);
@@ -1030,9 +1042,13 @@ pub fn boot_main() -> Result<()> {
         );
     }
     println!(
+        "{:<50} {:>8.2} s",
+        "QEMU start -> recovery console's first screen", c
+    );
+    println!(
         "{:<50} {:>8.2} s  (target < {BOOT_OVERHEAD_TARGET_SECS:.1} s: {})",
-        "our overhead (to the screen with the disks)",
-        o - t,
+        "our overhead (to the recovery console)",
+        c - t,
         if report.overhead_met {
             "met"
         } else {
