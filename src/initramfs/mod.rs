@@ -1057,7 +1057,10 @@ mod tests {
         assert!(lz4::decompress(&lz4_a[..]).unwrap() == plain);
         assert_eq!(report.cpio_bytes, plain_report.cpio_bytes);
         assert_eq!(report.compressed_bytes, lz4_a.len() as u64);
-        assert!(report.compressed_bytes < report.cpio_bytes, "it did not compress");
+        assert!(
+            report.compressed_bytes < report.cpio_bytes,
+            "it did not compress"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
