@@ -44,6 +44,12 @@ pub const FALLBACK_SEABIOS: Scenario = Scenario {
     firmware: Firmware::SeaBios,
     run: fallback,
 };
+pub const NEXT_ENTRY_SEABIOS: Scenario = Scenario {
+    name: "grub-next-entry",
+    firmware: Firmware::SeaBios,
+    run: next_entry,
+};
+
 pub const FALLBACK_OVMF: Scenario = Scenario {
     name: "grub-fallback-ovmf",
     firmware: Firmware::Ovmf,
@@ -162,6 +168,17 @@ fn disks(ctx: &Ctx) -> Result<Disks> {
 /// Builds `secondary-<tag>.raw` in the scenario directory, recording the primary's
 /// root filesystem (for GRUB) and both disks' identities (for PID 1).
 fn secondary(ctx: &Ctx, tag: &str, case: EnvCase, d: &Disks) -> Result<PathBuf> {
+    secondary_with(ctx, tag, case, d, None)
+}
+
+/// [`secondary`], with GRUB's one-shot choice block when given.
+fn secondary_with(
+    ctx: &Ctx,
+    tag: &str,
+    case: EnvCase,
+    d: &Disks,
+    next_entry: Option<Vec<u8>>,
+) -> Result<PathBuf> {
     let ready = boot::encode(&Env::with_emergency(Some("test-image")))?.to_vec();
     let not_ready = boot::encode(&Env::with_emergency(None))?.to_vec();
     let (a, b) = match case {
@@ -197,6 +214,7 @@ fn secondary(ctx: &Ctx, tag: &str, case: EnvCase, d: &Disks) -> Result<PathBuf> 
         emergency_initrd: d.emergency_initrd.clone(),
         env_a: Some(a),
         env_b: Some(b),
+        next_entry,
         recorded: Some(images::recorded_virtio(
             (PRIMARY_SERIAL, d.primary_bytes),
             (SECONDARY_SERIAL, images::secondary_bytes()),
@@ -476,5 +494,48 @@ fn primary_recovery_entry(ctx: &Ctx) -> Result<Vec<String>> {
             secs(up)
         ),
         format!("`p`: {off}"),
+    ])
+}
+
+/// The recovery console's one-shot choice (left when kexec fails): with the primary
+/// present, GRUB would boot it; with `next_entry=emergency` it boots the emergency copy
+/// once, clears the choice with `save_env`, and boots the primary the next time.
+fn next_entry(ctx: &Ctx) -> Result<Vec<String>> {
+    ctx.booted_kernel.set(true);
+    let d = disks(ctx)?;
+    let block = boot::next_entry_emergency()?.to_vec();
+    let image = secondary_with(ctx, "next-entry", EnvCase::Ready, &d, Some(block))?;
+
+    let mut vm = start(ctx, &image, Some(&d.primary))?;
+    vm.wait_for_text("understudy: emergency_ready=1", TO_MENU)?;
+    vm.wait_for_text(EMERGENCY_MARK, BOOT)?;
+    let first = vm.elapsed();
+    let log = vm.console().log_text()?;
+    if !log.contains("primary present") {
+        bail!("GRUB did not see the primary, so the choice proves nothing");
+    }
+    vm.wait_shutdown(STEP)?;
+    drop(vm);
+
+    // The same disk again: the choice was used up, GRUB's automatic choice is back.
+    let vm = start(ctx, &image, Some(&d.primary))?;
+    vm.wait_for_text(PRIMARY_TITLE, TO_MENU)?;
+    let second = vm.elapsed();
+    // The log file holds both boots: look after the second GRUB's line only.
+    let log = vm.console().log_text()?;
+    let second_boot = log.rfind("understudy: emergency_ready=").unwrap_or(0);
+    if log[second_boot..].contains(EMERGENCY_MARK) {
+        bail!("the emergency copy booted a second time: the one-shot choice was not cleared");
+    }
+    drop(vm);
+    Ok(vec![
+        format!(
+            "next_entry=emergency with the primary present: the emergency copy at {}",
+            secs(first)
+        ),
+        format!(
+            "next boot: GRUB went to the primary's menu at {} (the choice was cleared by save_env)",
+            secs(second)
+        ),
     ])
 }

@@ -95,6 +95,7 @@ fn secondary(ctx: &Ctx) -> Result<PathBuf> {
         emergency_initrd: emergency_initrd(ctx)?,
         env_a: Some(env.clone()),
         env_b: Some(env),
+        next_entry: None,
         recorded: Some(images::recorded_virtio(
             (PRIMARY_SERIAL, Bytes(PRIMARY_MIB << 20)),
             (SECONDARY_SERIAL, images::secondary_bytes()),

@@ -248,6 +248,7 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
         emergency_initrd,
         env_a: Some(ready.clone()),
         env_b: Some(ready),
+        next_entry: None,
         recorded: Some(images::recorded_virtio(
             (PRIMARY_SERIAL, primary_bytes),
             (SECONDARY_SERIAL, images::secondary_bytes()),

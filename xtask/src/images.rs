@@ -115,6 +115,8 @@ pub struct SecondarySpec {
     /// The two environment block copies' bytes (`None`: the file is left out).
     pub env_a: Option<Vec<u8>>,
     pub env_b: Option<Vec<u8>>,
+    /// GRUB's one-shot choice block at [`boot::NEXT_ENTRY_PATH`] (`None`: left out).
+    pub next_entry: Option<Vec<u8>>,
     /// Written as JSON to [`DISKS_FILE`] on the recovery filesystem (`None`: left out).
     pub recorded: Option<Recorded>,
 }
@@ -236,6 +238,7 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
     for (bytes, path) in [
         (&spec.env_a, boot::ENV_PATH_A),
         (&spec.env_b, boot::ENV_PATH_B),
+        (&spec.next_entry, boot::NEXT_ENTRY_PATH),
     ] {
         if let Some(b) = bytes {
             ensure!(

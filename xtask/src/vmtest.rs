@@ -121,6 +121,7 @@ const SCENARIOS: &[Scenario] = &[
     boottest::MENU_OVMF,
     boottest::FALLBACK_SEABIOS,
     boottest::FALLBACK_OVMF,
+    boottest::NEXT_ENTRY_SEABIOS,
     boottest::PRIMARY_RECOVERY_SEABIOS,
     boottest::PRIMARY_RECOVERY_OVMF,
     pid1test::STATUS_SHELL_POWEROFF,
@@ -134,7 +135,6 @@ const SCENARIOS: &[Scenario] = &[
     restoretest::LARGER,
     restoretest::SMALLER,
     restoretest::CORRUPT,
-    provisiontest::FIXTURE,
     provisiontest::APPLIANCE,
 ];
 
