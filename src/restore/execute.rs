@@ -409,7 +409,49 @@ impl Run<'_> {
                 missing.join(", ")
             );
         }
+        self.wait_for_kernel(&plan)?;
         Ok(plan)
+    }
+
+    /// Waits (bounded) until the kernel offers every filesystem and device-mapper the
+    /// plan needs: the recovery image loads those drivers after its first screen, and
+    /// elsewhere `modprobe` (when there is one) loads them now.
+    fn wait_for_kernel(&mut self, plan: &RestorePlan) -> Result<()> {
+        let needs = plan.kernel_needs();
+        let mut missing: Vec<_> = needs.iter().filter(|n| !kernel_has(**n)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if on_path("modprobe") {
+            for n in &missing {
+                // Failure is fine: PID 1 may still be loading it, or it is built in.
+                let _ = Cmd::new("modprobe").args(["-q", n.module()]).run();
+            }
+        }
+        let until = Instant::now() + KERNEL_WAIT;
+        let mut said = false;
+        loop {
+            missing.retain(|n| !kernel_has(**n));
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<&str> = missing.iter().map(|n| n.module()).collect();
+            if Instant::now() >= until {
+                bail!(
+                    "the kernel still lacks {} after {} s (drivers not loaded): nothing was written",
+                    names.join(", "),
+                    KERNEL_WAIT.as_secs()
+                );
+            }
+            if !said {
+                self.rep.note(format!(
+                    "waiting for the kernel's {} drivers",
+                    names.join(", ")
+                ));
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn lvm(&mut self, plan: &RestorePlan) -> Result<()> {
@@ -847,6 +889,18 @@ fn chroot(root: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Whether `program` is an executable file in a directory of `PATH`.
+/// How long a restore waits for drivers still being loaded.
+const KERNEL_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether the running kernel offers `need` now.
+fn kernel_has(need: plan::KernelNeed) -> bool {
+    match need {
+        plan::KernelNeed::Filesystem { name, .. } => std::fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(name))),
+        plan::KernelNeed::DeviceMapper => Path::new("/dev/mapper/control").exists(),
+    }
+}
+
 fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());

@@ -663,6 +663,65 @@ impl RestorePlan {
     }
 }
 
+/// Something the running kernel must offer before the target is touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelNeed {
+    /// A filesystem type, as `/proc/filesystems` names it, and its module.
+    Filesystem {
+        name: &'static str,
+        module: &'static str,
+    },
+    /// Device-mapper, for LVM.
+    DeviceMapper,
+}
+
+impl KernelNeed {
+    /// The module that provides it.
+    pub fn module(self) -> &'static str {
+        match self {
+            KernelNeed::Filesystem { module, .. } => module,
+            KernelNeed::DeviceMapper => "dm_mod",
+        }
+    }
+}
+
+impl RestorePlan {
+    /// What the kernel must support for this plan: the recovery image loads filesystem
+    /// and device-mapper drivers after its first screen, so a restore started at once
+    /// waits for them (bounded) instead of failing at its first mount.
+    pub fn kernel_needs(&self) -> Vec<KernelNeed> {
+        let mut needs = Vec::new();
+        if !self.pvs.is_empty() || !self.stale_vgs.is_empty() {
+            needs.push(KernelNeed::DeviceMapper);
+        }
+        for m in &self.mkfs {
+            let need = match m.fstype.as_str() {
+                "ext2" | "ext3" | "ext4" => KernelNeed::Filesystem {
+                    name: "ext4",
+                    module: "ext4",
+                },
+                "vfat" => KernelNeed::Filesystem {
+                    name: "vfat",
+                    module: "vfat",
+                },
+                "xfs" => KernelNeed::Filesystem {
+                    name: "xfs",
+                    module: "xfs",
+                },
+                "btrfs" => KernelNeed::Filesystem {
+                    name: "btrfs",
+                    module: "btrfs",
+                },
+                _ => continue,
+            };
+            if !needs.contains(&need) {
+                needs.push(need);
+            }
+        }
+        needs
+    }
+}
+
 fn depth(mountpoint: &str) -> usize {
     mountpoint.split('/').filter(|c| !c.is_empty()).count()
 }
@@ -1382,6 +1441,29 @@ mod tests {
             .retain(|p| p.type_guid != Some(BIOS_BOOT) && p.type_guid != Some(ESP));
         let p = plan(&m, Path::new("/i"), &inv, None, "vdb").unwrap();
         assert_eq!(p.tools(), ["blockdev", "mkfs.btrfs"]);
+    }
+
+    #[test]
+    fn the_kernel_support_needed_is_known_before_the_point_of_no_return() {
+        let inv = machine(disk("vdb", 10 * GIB, "NEW-DISK", vec![]));
+        let p = plan_onto(&inv, "vdb").unwrap();
+        let modules: Vec<&str> = p.kernel_needs().iter().map(|n| n.module()).collect();
+        assert_eq!(modules, ["dm_mod", "vfat", "ext4"]);
+        let mut m = manifest();
+        m.layout.filesystems = vec![fs(Source::Partition(3), "xfs", ROOT_UUID, MIB, "/")];
+        m.layout.lvm = Default::default();
+        m.layout.swap.clear();
+        m.layout
+            .partitions
+            .retain(|p| p.type_guid != Some(BIOS_BOOT) && p.type_guid != Some(ESP));
+        let p = plan(&m, Path::new("/i"), &inv, None, "vdb").unwrap();
+        assert_eq!(
+            p.kernel_needs(),
+            [KernelNeed::Filesystem {
+                name: "xfs",
+                module: "xfs"
+            }]
+        );
     }
 
     #[test]
