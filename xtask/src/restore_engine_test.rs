@@ -34,7 +34,7 @@ pub const RESTORE_ENGINE: Scenario = Scenario {
 const ROOT_UUID: &str = "0e5e0001-0000-4000-8000-000000000001";
 const BOOT_UUID: &str = "0e5e0001-0000-4000-8000-000000000002";
 const SWAP_UUID: &str = "0e5e0001-0000-4000-8000-000000000003";
-const HELLO: &str = "restored by understudy\n";
+pub(super) const HELLO: &str = "restored by understudy\n";
 
 /// 256 MiB: `/boot` (64 MiB) and an LVM PV (190 MiB) with root (120 MiB) and swap
 /// (16 MiB) in VG `usvg`.
@@ -71,16 +71,16 @@ const LAYOUT: &str = r#"{
 
 /// The secondary: a recovery filesystem with the recorded identities (partition 3)
 /// and provision's snapshot COW PV (partition 6, `understudy-cow`).
-const SECONDARY_SERIAL: &str = "US-SECONDARY-0003";
-const SECONDARY_MIB: u64 = 64;
+pub(super) const SECONDARY_SERIAL: &str = "US-SECONDARY-0003";
+pub(super) const SECONDARY_MIB: u64 = 64;
 /// The old primary, whose PV of `usvg` is wiped before the restore (it died).
-const OLD_PRIMARY_SERIAL: &str = "US-OLDPRIMARY-0004";
-const OLD_PRIMARY_MIB: u64 = 16;
+pub(super) const OLD_PRIMARY_SERIAL: &str = "US-OLDPRIMARY-0004";
+pub(super) const OLD_PRIMARY_MIB: u64 = 16;
 
 /// Lays out the secondary (`/dev/vdc`) as provision would for what the restore
 /// looks at, makes `usvg` on the old primary (`/dev/vdd`) and the COW PV with an LV,
 /// then wipes the old primary: `usvg` is left partial on the COW PV. Prints `vgs`.
-fn stale_vg_script() -> String {
+pub(super) fn stale_vg_script() -> String {
     let id = |serial: &str, mib: u64| {
         format!(
             r#"{{"wwn":null,"serial":"{serial}","model":null,"size":{},"logical_sector":512}}"#,
@@ -180,7 +180,7 @@ pub(super) fn images_disk(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Types `line` at the shell, waits for `MARKER=<n>`, and returns n and the log.
-fn shell(vm: &Machine, line: &str, marker: &str) -> Result<(i32, String)> {
+pub(super) fn shell(vm: &Machine, line: &str, marker: &str) -> Result<(i32, String)> {
     vm.clear_screen();
     vm.send_keys(&format!("{line}; echo {marker}=$?"))?;
     vm.send_key(Key::Enter)?;
@@ -361,7 +361,7 @@ fn restore_engine(ctx: &Ctx) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-fn tail(log: &str, n: usize) -> String {
+pub(super) fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

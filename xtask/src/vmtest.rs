@@ -32,6 +32,9 @@ mod consoletest;
 #[path = "restore_engine_test.rs"]
 mod restore_engine_test;
 
+#[path = "powercut_test.rs"]
+mod powercut_test;
+
 #[path = "provisiontest.rs"]
 mod provisiontest;
 
@@ -131,6 +134,7 @@ const SCENARIOS: &[Scenario] = &[
     consoletest::UNREADABLE,
     consoletest::RESTORE,
     restore_engine_test::RESTORE_ENGINE,
+    powercut_test::RESTORE_POWER_CUT,
     restoretest::SAME_SIZE,
     restoretest::LARGER,
     restoretest::SMALLER,
