@@ -1,19 +1,21 @@
-//! VM scenarios for the restore engine (`understudy restore`, issue 5), through real
-//! parts: the test appliance's image (`appliance.rs`: the Debian corpus, made into an
-//! image by `understudy image create`, layout `/boot` + LVM root + swap) on a
-//! secondary-like disk; our recovery kernel and initramfs booted with a blank virtio
-//! primary; `understudy restore` typed into the recovery shell from the menu as a
-//! technician would; then the restored primary checked from the recovery shell
-//! (`sgdisk -v`, `e2fsck -fn`, every path and every file's MD5 against the image's
-//! trees) and booted alone through its own GRUB to a login on the serial console.
-//! Same size, larger, smaller-but-enough, and a corrupt image refused before the
-//! target is touched. [`restored_primary`] caches the restored same-size primary as
-//! a qcow2 base image for other scenarios.
+//! VM scenarios for the restore (issue 5), through real parts: the test appliance's
+//! image (`appliance.rs`: the Debian corpus, made into an image by `understudy image
+//! create`, layout `/boot` + LVM root + swap) on an image disk; our recovery kernel
+//! and initramfs booted with a blank virtio primary; the recovery console started on
+//! the mounted image disk and driven by keys over the serial line as a technician
+//! would (image, target, the plan naming the target's model, serial and size, the
+//! serial typed, the progress to its result); `r` on the result screen resets the
+//! machine; the restored primary checked from the recovery shell of a new boot (`sgdisk -v`,
+//! `e2fsck -fn`, every path and every file's MD5 against the image's trees) and
+//! booted alone through its own GRUB to a login on the serial console.
+//! Same size, larger, smaller-but-enough, and a corrupt image refused in verify with
+//! the reason on the console's screen, the target untouched. [`restored_primary`]
+//! caches the restored same-size primary as a qcow2 base image for other scenarios.
 //!
-//! The restore runs the dev build of our binary from the image disk (`/img/understudy`),
-//! so the scenarios test the code of this tree without rebuilding the recovery
-//! image's release binary; the recovery image provides the kernel, modules and
-//! tools (lvm, mke2fs, sgdisk). A child module of `vmtest.rs`.
+//! The console runs the dev build of our binary from the image disk (`/img/understudy
+//! console --images`), so the scenarios test the code of this tree without rebuilding
+//! the recovery image's release binary; the recovery image provides the kernel,
+//! modules and tools (lvm, mke2fs, sgdisk). A child module of `vmtest.rs`.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -27,6 +29,8 @@ use crate::appliance::{self, ImageDisk};
 use crate::qemu::{DirectBoot, DiskSpec, ImageFormat, Key, Machine, MachineSpec};
 use crate::run::Cmd;
 use crate::target_dir;
+use understudy::console::view::RESTORE_TITLE;
+use understudy::disk::Bytes;
 
 pub const SAME_SIZE: Scenario = Scenario {
     name: "restore-same-size",
@@ -120,6 +124,13 @@ fn recovery_shell(
     s.disks.push(primary);
     s.disks.push(images_overlay(ctx, img)?);
     let vm = Machine::start(&s)?;
+    open_shell(&vm)?;
+    Ok(vm)
+}
+
+/// From the recovery image's first screen: the shell from the menu, the image disk
+/// mounted at `/img` once PID 1 has loaded ext4 and device-mapper.
+fn open_shell(vm: &Machine) -> Result<()> {
     vm.wait_for_text(TITLE, BOOT)?;
     vm.wait_for_text(MENU, STEP)?;
     vm.send_keys("s")?;
@@ -127,13 +138,13 @@ fn recovery_shell(
     // PID 1 loads the filesystems and device-mapper after its first screen, in the
     // background (`init::modload::ALWAYS`): the restore needs ext4 and dm-mod.
     type_line(
-        &vm,
+        vm,
         "i=0; until grep -qw ext4 /proc/filesystems && [ -d /sys/module/dm_mod ] && [ -b /dev/vdb ] \
          || [ $i -ge 120 ]; do i=$((i+1)); sleep 1; done; \
          mkdir -p /img && mount -t ext4 /dev/vdb /img && echo IMG-MOUNTED=$?",
     )?;
     vm.wait_for_text(re(r"IMG-MOUNTED=0")?, BOOT + STEP)?;
-    Ok(vm)
+    Ok(())
 }
 
 fn type_line(vm: &Machine, line: &str) -> Result<()> {
@@ -152,40 +163,55 @@ fn marker(vm: &Machine, name: &str) -> Result<String> {
         .with_context(|| format!("no {name}= on the console"))
 }
 
-/// Runs `understudy restore` onto /dev/vda; returns its exit code and how long it took.
-fn run_restore(vm: &Machine) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    type_line(
-        vm,
-        &format!(
-            "/img/understudy restore /img/images/{} --target /dev/vda --yes --progress=json; echo RESTORE-RC=$?",
-            appliance::IMAGE_ID
-        ),
-    )?;
-    vm.wait_for_text(re(r"RESTORE-RC=\d+")?, RESTORE)?;
-    Ok((marker(vm, "RESTORE-RC")?, started.elapsed()))
-}
-
-/// The restore's JSON events from the console log: the steps it announced and its
-/// last event.
-fn events(vm: &Machine) -> Result<(Vec<String>, String)> {
-    let log = vm.console().log_text()?;
-    let mut steps = Vec::new();
-    let mut last = String::new();
-    for line in log.lines() {
-        let Some(start) = line.find("{\"") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line[start..].trim_end()) else {
-            continue;
-        };
-        match v["event"].as_str() {
-            Some("phase") => steps.push(v["step"].as_str().unwrap_or("?").to_string()),
-            Some("done" | "failed") => last = v.to_string(),
-            _ => {}
-        }
+/// The console's restore of the appliance image onto the blank primary (vda), driven
+/// by keys over the serial line as a technician would: the console started from the
+/// shell on the mounted image disk, the image chosen, the blank disk chosen (the
+/// mounted image disk must not be offered), the plan naming the target's model,
+/// serial and size, the serial typed, then the progress until a result. Returns the
+/// plan's line naming the target, the result screen and how long the restore ran.
+fn console_restore(vm: &Machine, mib: u64) -> Result<(String, String, Duration)> {
+    vm.clear_screen();
+    type_line(vm, "/img/understudy console --images /img/images")?;
+    vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, BOOT)?;
+    vm.wait_for_text(format!("Newest image: {}", appliance::IMAGE_ID), STEP)?;
+    vm.send_keys("t")?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 1/4"), STEP)?;
+    vm.wait_for_text(format!("> {}", appliance::IMAGE_ID), STEP)?;
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 2/4"), STEP)?;
+    vm.wait_for_text(format!("serial {PRIMARY_SERIAL}"), STEP)?;
+    if vm.screen_text().contains(IMAGES_SERIAL) {
+        bail!(
+            "the mounted image disk is offered as a target:\n{}",
+            vm.console().framed_screen()
+        );
     }
-    Ok((steps, last))
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 3/4"), STEP)?;
+    let size = Bytes(mib << 20).human();
+    let named = re(&format!(
+        r"model [^,]+, serial {PRIMARY_SERIAL}, size {}",
+        regex::escape(&size)
+    ))?;
+    vm.wait_for_text(named.clone(), STEP)?;
+    let plan = named
+        .find(&vm.screen_text())
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text("Type the disk's serial number", STEP)?;
+    vm.send_keys(PRIMARY_SERIAL)?;
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE}: in progress"), STEP)?;
+    let started = Instant::now();
+    vm.wait_for_text(
+        re(r"Restore complete|Restore FAILED|Restore cancelled")?,
+        RESTORE,
+    )?;
+    let took = started.elapsed();
+    // The result's lines arrive over 115200 baud: wait for its keys line.
+    vm.wait_for_text(re(r"\[Enter\] status|\[Enter\]")?, STEP)?;
+    Ok((plan, vm.console().framed_screen(), took))
 }
 
 /// Runs `check.sh` and fails unless every check passed; returns notes.
@@ -288,43 +314,43 @@ fn power_off(vm: &mut Machine) -> Result<()> {
     Ok(())
 }
 
-/// Restores the appliance image onto a blank primary of `mib` MiB and checks it.
+/// Restores the appliance image onto a blank primary of `mib` MiB through the
+/// console's keys, reboots from the console's result screen (QEMU, run with
+/// `-no-reboot`, ends on the guest's reset), and checks the disk from the recovery
+/// shell of a new boot.
 fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<String>)> {
     let img = appliance::image_disk()?;
     let primary = ctx.blank("primary.raw", mib)?;
     let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
     let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
-    let (rc, took) = run_restore(&vm)?;
-    let (steps, last) = events(&vm)?;
-    if rc != "0" {
+    let (plan, screen, took) = console_restore(&vm, mib)?;
+    let complete = format!("Restore complete: {} is on vda", appliance::IMAGE_ID);
+    if !screen.contains(&complete) || !screen.contains("[r] reboot into the primary") {
+        bail!("the console's restore did not complete:\n{screen}");
+    }
+    let mut notes = vec![
+        format!("console plan named the target: {plan}; its serial typed"),
+        format!(
+            "console restore onto {mib} MiB: \"{complete}\" on screen {} after the serial",
+            secs(took)
+        ),
+    ];
+    vm.clear_screen();
+    vm.send_keys("r")?;
+    vm.wait_for_text("rebooting", STEP)?;
+    // The harness runs QEMU with `-no-reboot`: the guest's reset ends it.
+    let reset = vm.wait_shutdown(STEP)?;
+    if reset.reason.as_deref() != Some("guest-reset") {
         bail!(
-            "understudy restore exited with {rc}; last event: {last}; steps: {}",
-            steps.join(" ")
+            "`r` on the result screen did not reset the machine: QEMU ended with {:?}",
+            reset.reason
         );
     }
-    // The bootloader step ran GRUB's own tools in the restored system.
-    let log = vm.console().log_text()?;
-    let grub: Vec<String> = ["grub-install --target=i386-pc", "grub-mkconfig"]
-        .iter()
-        .map(|cmd| {
-            log.lines()
-                .filter_map(|l| l.find("{\"").map(|i| &l[i..]))
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim_end()).ok())
-                .filter(|v| v["event"] == "note")
-                .filter_map(|v| v["text"].as_str().map(str::to_string))
-                .find(|t| t.starts_with(cmd))
-                .with_context(|| format!("the restore did not report running {cmd}"))
-        })
-        .collect::<Result<_>>()?;
-    let mut notes = vec![
-        format!(
-            "restore onto {mib} MiB: exit 0 in {} (steps: {})",
-            secs(took),
-            steps.join(" ")
-        ),
-        format!("last event: {last}"),
-    ];
-    notes.extend(grub);
+    drop(vm);
+    notes.push("`r` on the result screen: \"rebooting...\", the guest reset the machine".into());
+    // The checks from the recovery shell, on the disk as the reset left it.
+    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
+    let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
     notes.extend(checks(&vm)?);
     notes.push(root_lv_fits(&vm, &img, mib)?);
     power_off(&mut vm)?;
@@ -480,27 +506,36 @@ fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
         ),
     )?;
     vm.wait_for_text(re(r"FLIPPED=0")?, STEP)?;
-    let (rc, took) = run_restore(&vm)?;
-    let (steps, last) = events(&vm)?;
-    if rc == "0" {
-        bail!("understudy restore accepted a corrupt image");
+    let (_, screen, took) = console_restore(&vm, appliance::DISK_MIB)?;
+    let failed = "Restore FAILED at step verify:";
+    let Some(at) = screen.find(failed) else {
+        bail!("the console did not refuse the corrupt image in verify:\n{screen}");
+    };
+    // The reason is the line under the heading, inside the screen's frame.
+    let reason = screen[at + failed.len()..]
+        .lines()
+        .nth(1)
+        .map(|l| {
+            l.trim_matches(|c: char| c == '|' || c.is_whitespace())
+                .to_string()
+        })
+        .unwrap_or_default();
+    if reason.is_empty() {
+        bail!("the refusal gives no reason on the screen:\n{screen}");
     }
-    let failed: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-    if failed["event"] != "failed" || failed["step"] != "verify" {
-        bail!(
-            "the restore did not fail in verify: last event {last}, steps {}",
-            steps.join(" ")
-        );
-    }
-    if steps.iter().any(|s| s != "verify") {
-        bail!("the restore went past verify: steps {}", steps.join(" "));
-    }
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, STEP)?;
+    vm.send_keys("q")?;
+    vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
     power_off(&mut vm)?;
     if ends(&primary)? != before {
         bail!("the target's first or last MiB changed although the image was refused");
     }
     Ok(vec![
-        format!("refused with exit {rc} after {}: {last}", secs(took)),
+        format!(
+            "the console refused the corrupt image {} after the serial: \"{failed} {reason}\"",
+            secs(took)
+        ),
         "the target's first and last MiB are unchanged".into(),
     ])
 }
