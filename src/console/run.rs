@@ -38,6 +38,7 @@ use crate::disk::Inventory;
 use crate::init::console::{CLEAR, Size, effective_size};
 use crate::init::mounts::MountGuard;
 use crate::init::recorded::RECOVERY_LABEL;
+use crate::init::supervise::DRAWN_ENV;
 use crate::recovery::emergency::EmergencyBoot;
 use crate::recovery::gather::{self, MOUNT_ROOT, find_label};
 use crate::recovery::images;
@@ -244,6 +245,20 @@ pub fn main(cfg: Config) -> Result<()> {
     event_loop(&mut guard, state, &mut world, &rx)
 }
 
+/// Tells PID 1 the first screen is up (creates the file it named in
+/// [`DRAWN_ENV`]), so it starts what it held back for it. Run by hand, nothing.
+fn tell_drawn() {
+    if let Some(path) = std::env::var_os(DRAWN_ENV) {
+        // PID 1 starts the work anyway after a while: a failure only delays it.
+        let _ = std::fs::write(path, b"");
+        // In PID 1's log, for the boot's timeline (`dmesg`).
+        let _ = OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .and_then(|mut k| k.write_all(b"understudy: recovery console: first screen drawn\n"));
+    }
+}
+
 fn block_devices() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/sys/block")
         .map(|rd| {
@@ -265,11 +280,16 @@ fn event_loop(
     let started = Instant::now();
     let mut disks = block_devices();
     let mut disks_at = Instant::now();
+    let mut drawn_told = false;
     loop {
         guard
             .term
             .draw(|f| view(&state, f))
             .context("drawing the console")?;
+        if !drawn_told {
+            drawn_told = true;
+            tell_drawn();
+        }
         let mut msgs = Vec::new();
         if event::poll(TICK).context("waiting for a key")? {
             match event::read().context("reading a key")? {

@@ -259,7 +259,7 @@ fn start() -> (Consoles, Status, Options) {
     start_device_drivers();
     wait_for_disks(Path::new(SYS_BLOCK));
     // The drivers still loading wait while the first screen is made
-    // (`start_late_drivers` releases them once it is drawn).
+    // (`start_late_drivers` releases them once the console has drawn it).
     modload::hold_until(Instant::now() + FIRST_SCREEN_HOLD);
     // Still loading: the summary joins the notes when it comes (`screen_changed`).
     notes.extend(device_drivers_line());
@@ -484,14 +484,22 @@ fn gather(mut notes: Vec<String>) -> Status {
     for p in &inventory.problems {
         log::warn(&format!("inventory: {p}"));
     }
-    // Reading the recovery filesystem needs its driver, which may not be in yet.
-    if let Some((_, kind)) = recorded::find_recovery(&inventory)
-        && let Some(note) = load_named(
+    // Reading the recovery filesystem needs its driver, which may not be in yet; the
+    // console's first screen reads the images filesystem too (the other drivers
+    // load once that screen is up, `supervise`).
+    let wanted = [
+        recorded::find_recovery(&inventory),
+        crate::recovery::gather::find_label(&inventory, crate::recovery::situation::IMAGES_LABEL),
+    ];
+    let mut kinds: Vec<String> = wanted.into_iter().flatten().map(|(_, k)| k).collect();
+    kinds.dedup();
+    for kind in kinds {
+        if let Some(note) = load_named(
             &modload::for_filesystem(&kind),
-            "drivers (recovery filesystem)",
-        )
-    {
-        notes.push(note);
+            "drivers (recovery and images filesystems)",
+        ) {
+            notes.push(note);
+        }
     }
     let recorded = recorded::load(&inventory);
     log::info(&format!("recorded identities: {recorded:?}"));

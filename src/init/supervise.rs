@@ -2,7 +2,8 @@
 //! on the console, hands it PID 1's start-up notes through [`NOTES_FILE`], starts it
 //! again when it ends or crashes, and after [`CRASHES`] quick crashes in a row falls
 //! back to PID 1's own plain-text menu (status, shell, reboot, power off), so a broken
-//! console never leaves the technician without a shell.
+//! console never leaves the technician without a shell. Starts the drivers the first
+//! screen does not need once the console says it has drawn ([`DRAWN_FILE`]).
 //!
 //! Does not own: the console (`console`), the plain menu (`mod.rs`, `menu.rs`).
 
@@ -15,6 +16,17 @@ use crate::cmd::Cmd;
 
 /// Where PID 1 leaves its start-up notes for the console.
 pub const NOTES_FILE: &str = "/run/understudy/pid1-notes";
+/// The environment variable naming the file the console creates once its first
+/// screen is drawn ([`DRAWN_FILE`]).
+pub const DRAWN_ENV: &str = "UNDERSTUDY_DRAWN_FILE";
+/// Created by the console after its first draw: PID 1 then starts the work the
+/// first screen does not need (the filesystem and device-mapper drivers), so that
+/// work does not compete with the console for the CPU before the technician sees
+/// anything.
+pub const DRAWN_FILE: &str = "/run/understudy/console-drawn";
+/// The background work starts at the latest this long after the console, drawn or
+/// not.
+const DRAWN_BOUND: Duration = Duration::from_secs(5);
 /// Quick crashes in a row before the plain menu takes over.
 pub const CRASHES: u32 = 3;
 /// A console that ran this long before it crashed counts as a fresh start.
@@ -69,13 +81,16 @@ const TICK: Duration = Duration::from_millis(200);
 /// the console by pid but collects every ended child and picks the console out.
 fn run_once() -> Exit {
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
+    let started = Instant::now();
     let child = match Cmd::new(exe)
         .args(["console", "--notes", NOTES_FILE])
+        .env(DRAWN_ENV, DRAWN_FILE)
         .spawn_interactive()
     {
         Ok(c) => c,
         Err(e) => return Exit::Crashed(format!("{e:#}")),
     };
+    log::info(&format!("recovery console started, pid {}", child.id()));
     let Ok(console) = i32::try_from(child.id()) else {
         return Exit::Crashed(format!("pid {} out of range", child.id()));
     };
@@ -90,6 +105,9 @@ fn run_once() -> Exit {
             }
         }
         super::handle_signals();
+        if started.elapsed() >= DRAWN_BOUND || std::path::Path::new(DRAWN_FILE).exists() {
+            super::start_late_drivers();
+        }
         std::thread::sleep(TICK);
     }
 }
@@ -97,7 +115,7 @@ fn run_once() -> Exit {
 /// Runs the console for ever; the plain menu after repeated crashes. Never returns
 /// unless the plain menu does.
 pub fn run(consoles: &mut Consoles, status: &mut Status, opts: Options) {
-    super::start_late_drivers();
+    // The late drivers start once the console has drawn (`run_once`).
     let mut crashes = 0;
     loop {
         super::service();
@@ -110,6 +128,7 @@ pub fn run(consoles: &mut Consoles, status: &mut Status, opts: Options) {
         let began = Instant::now();
         let exit = run_once();
         log::info(&format!("recovery console: {exit:?}"));
+        super::start_late_drivers();
         super::service();
         let (what, n) = next(&exit, began.elapsed(), crashes);
         crashes = n;
