@@ -2,11 +2,9 @@
 //! the recovery console meets them (healthy, unreadable, missing, replaced, look-alike
 //! disks, USB sticks).
 
-use std::path::PathBuf;
-
 use understudy::disk::{
     self, Bytes, Candidate, Disk, Identity, Inventory, LvmStatus, MatchedBy, PrimaryStatus,
-    Readability, Recorded, Role, SecondaryStatus, Transport, Usage,
+    Readability, Recorded, Role, SecondaryStatus, Transport,
 };
 
 const GIB: u64 = 1 << 30;
@@ -27,27 +25,7 @@ fn disk(name: &str, id: &str, gib: u64, state: Readability, transport: Transport
         size: Bytes(gib * GIB),
         logical_sector: Bytes(512),
     };
-    Disk {
-        name: name.into(),
-        path: PathBuf::from("/dev").join(name),
-        devno: None,
-        model: identity.model.clone(),
-        vendor: None,
-        serial: identity.serial.clone(),
-        wwn: identity.wwn.clone(),
-        size: identity.size,
-        logical_sector: Bytes(512),
-        physical_sector: Bytes(512),
-        removable: transport == Transport::Usb,
-        read_only: false,
-        transport,
-        identity,
-        state,
-        table: None,
-        signature: None,
-        partitions: Vec::new(),
-        usage: Usage::default(),
-    }
+    Disk::known_as(name, identity, transport, state)
 }
 
 fn ok(name: &str, id: &str, gib: u64) -> Disk {

@@ -57,30 +57,14 @@ fn disk(name: &str, serial: &str, bytes: u64, partitions: Vec<Partition>) -> Dis
         size: disk::Bytes(bytes),
         logical_sector: disk::Bytes(512),
     };
+    let state = if partitions.is_empty() {
+        Readability::Blank
+    } else {
+        Readability::Readable
+    };
     Disk {
-        name: name.into(),
-        path: PathBuf::from("/dev").join(name),
-        devno: None,
-        model: identity.model.clone(),
-        vendor: None,
-        serial: identity.serial.clone(),
-        wwn: None,
-        size: disk::Bytes(bytes),
-        logical_sector: disk::Bytes(512),
-        physical_sector: disk::Bytes(512),
-        removable: false,
-        read_only: false,
-        transport: Transport::Sata,
-        identity,
-        state: if partitions.is_empty() {
-            Readability::Blank
-        } else {
-            Readability::Readable
-        },
-        table: None,
-        signature: None,
         partitions,
-        usage: Usage::default(),
+        ..Disk::known_as(name, identity, Transport::Sata, state)
     }
 }
 

@@ -286,6 +286,38 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// A disk known by its name and identity only, as the inventory reports an empty,
+    /// idle one (`/dev/NAME`, no table, no partitions, nothing in use; removable when
+    /// on USB): the base that plans and tests add partitions and usage to.
+    pub fn known_as(
+        name: &str,
+        identity: Identity,
+        transport: Transport,
+        state: Readability,
+    ) -> Disk {
+        Disk {
+            name: name.into(),
+            path: PathBuf::from("/dev").join(name),
+            devno: None,
+            model: identity.model.clone(),
+            vendor: None,
+            serial: identity.serial.clone(),
+            wwn: identity.wwn.clone(),
+            size: identity.size,
+            logical_sector: identity.logical_sector,
+            physical_sector: identity.logical_sector,
+            removable: transport == Transport::Usb,
+            read_only: false,
+            transport,
+            identity,
+            state,
+            table: None,
+            signature: None,
+            partitions: Vec::new(),
+            usage: Usage::default(),
+        }
+    }
+
     /// Every way this disk or one of its partitions is in use, one phrase each;
     /// empty when nothing on it is mounted, swapped on or held.
     pub fn busy_reasons(&self) -> Vec<String> {

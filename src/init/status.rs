@@ -172,39 +172,18 @@ pub fn render(s: &Status, cols: u16) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::disk::{
-        Bytes, Disk, Identity, LvmStatus, Readability, Recorded, Transport, Usage, identify,
+        Bytes, Disk, Identity, LvmStatus, Readability, Recorded, Transport, identify,
     };
-    use std::path::PathBuf;
 
     fn disk(name: &str, serial: &str, mib: u64, state: Readability) -> Disk {
-        let size = Bytes(mib << 20);
-        Disk {
-            name: name.into(),
-            path: PathBuf::from(format!("/dev/{name}")),
-            devno: None,
-            model: None,
-            vendor: None,
-            serial: Some(serial.into()),
+        let identity = Identity {
             wwn: None,
-            size,
+            serial: Some(serial.into()),
+            model: None,
+            size: Bytes(mib << 20),
             logical_sector: Bytes(512),
-            physical_sector: Bytes(512),
-            removable: false,
-            read_only: false,
-            transport: Transport::Virtio,
-            identity: Identity {
-                wwn: None,
-                serial: Some(serial.into()),
-                model: None,
-                size,
-                logical_sector: Bytes(512),
-            },
-            state,
-            table: None,
-            signature: None,
-            partitions: Vec::new(),
-            usage: Usage::default(),
-        }
+        };
+        Disk::known_as(name, identity, Transport::Virtio, state)
     }
 
     fn inventory(disks: Vec<Disk>) -> Inventory {

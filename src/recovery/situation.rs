@@ -564,34 +564,14 @@ pub mod fixtures {
     use crate::disk::{Identity, LvmStatus, Partition, Recorded, Signature, Transport, Usage};
 
     pub fn disk(name: &str, serial: &str, mib: u64, state: Readability) -> Disk {
-        let size = Bytes(mib << 20);
-        Disk {
-            name: name.into(),
-            path: PathBuf::from(format!("/dev/{name}")),
-            devno: None,
-            model: Some("QEMU HARDDISK".into()),
-            vendor: None,
-            serial: Some(serial.into()),
+        let identity = Identity {
             wwn: None,
-            size,
+            serial: Some(serial.into()),
+            model: Some("QEMU HARDDISK".into()),
+            size: Bytes(mib << 20),
             logical_sector: Bytes(512),
-            physical_sector: Bytes(512),
-            removable: false,
-            read_only: false,
-            transport: Transport::Virtio,
-            identity: Identity {
-                wwn: None,
-                serial: Some(serial.into()),
-                model: Some("QEMU HARDDISK".into()),
-                size,
-                logical_sector: Bytes(512),
-            },
-            state,
-            table: None,
-            signature: None,
-            partitions: Vec::new(),
-            usage: Usage::default(),
-        }
+        };
+        Disk::known_as(name, identity, Transport::Virtio, state)
     }
 
     pub fn partition(disk: &str, number: u32, mib: u64, kind: &str, label: &str) -> Partition {

@@ -1011,36 +1011,21 @@ mod tests {
     }
 
     fn disk(name: &str, size: u64, serial: &str, partitions: Vec<disk::Partition>) -> disk::Disk {
-        disk::Disk {
-            name: name.into(),
-            path: format!("/dev/{name}").into(),
-            devno: None,
-            model: Some("QEMU HARDDISK".into()),
-            vendor: None,
-            serial: Some(serial.into()),
+        let identity = Identity {
             wwn: None,
+            serial: Some(serial.into()),
+            model: Some("QEMU HARDDISK".into()),
             size: disk::Bytes(size),
             logical_sector: disk::Bytes(512),
-            physical_sector: disk::Bytes(512),
-            removable: false,
-            read_only: false,
-            transport: Transport::Virtio,
-            identity: Identity {
-                wwn: None,
-                serial: Some(serial.into()),
-                model: Some("QEMU HARDDISK".into()),
-                size: disk::Bytes(size),
-                logical_sector: disk::Bytes(512),
-            },
-            state: if partitions.is_empty() {
-                Readability::Blank
-            } else {
-                Readability::Readable
-            },
-            table: None,
-            signature: None,
+        };
+        let state = if partitions.is_empty() {
+            Readability::Blank
+        } else {
+            Readability::Readable
+        };
+        disk::Disk {
             partitions,
-            usage: Usage::default(),
+            ..disk::Disk::known_as(name, identity, Transport::Virtio, state)
         }
     }
 
