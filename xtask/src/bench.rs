@@ -7,7 +7,9 @@
 //!   `understudy archive extract` vs `lzop -dc | tar -xpf -`, with plain
 //!   `tar -xpf` of the uncompressed tar as the limit.
 //!
-//! Results go to stdout as a table and to `target/bench/archive.json`.
+//! Results go to stdout as a table and to `target/bench/archive.json`. When the
+//! recovery image is built, the boot (`--boot`, below) and the restore in a VM
+//! (`--restore`, `bench/restore.rs`) follow.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use serde::Serialize;
 use crate::corpus;
 use crate::run::{Cmd, is_root, require};
 use crate::target_dir;
+
+mod restore;
 
 /// Targets the project holds itself to (ours / theirs).
 const CAPTURE_TIME_TARGET: f64 = 0.60;
@@ -45,7 +49,9 @@ fn parse(args: &[String]) -> Result<Opts> {
                 runs = Some(v.parse().with_context(|| format!("bad --runs `{v}`"))?);
             }
             "--quick" => quick = true,
-            other => bail!("bench: unknown argument `{other}` (usage: bench [--runs N] [--quick])"),
+            other => bail!(
+                "bench: unknown argument `{other}` (usage: bench [--runs N] [--quick] | bench --boot | bench --restore [--runs N])"
+            ),
         }
     }
     let runs = runs.unwrap_or(if quick { 1 } else { 3 });
@@ -184,6 +190,10 @@ struct CorpusInfo {
 pub fn main(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--boot") {
         return boot_main();
+    }
+    if args.iter().any(|a| a == "--restore") {
+        let rest: Vec<String> = args.iter().filter(|a| *a != "--restore").cloned().collect();
+        return restore::main(parse(&rest)?.runs);
     }
     let opts = parse(args)?;
     require(&[
@@ -446,6 +456,7 @@ pub fn main(args: &[String]) -> Result<()> {
     println!("\nJSON: {}", json_path.display());
     if target_dir().join("recovery").is_dir() {
         boot_main()?;
+        restore::main(opts.runs)?;
     }
     Ok(())
 }

@@ -219,6 +219,7 @@ fn secondary_with(
             (PRIMARY_SERIAL, d.primary_bytes),
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
+        images: None,
     })?;
     Ok(output)
 }

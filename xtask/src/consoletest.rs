@@ -100,6 +100,7 @@ fn secondary(ctx: &Ctx) -> Result<PathBuf> {
             (PRIMARY_SERIAL, Bytes(PRIMARY_MIB << 20)),
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
+        images: None,
     })?;
     Ok(output)
 }

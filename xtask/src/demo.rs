@@ -253,6 +253,7 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
             (PRIMARY_SERIAL, primary_bytes),
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
+        images: None,
     })?;
     Ok(Pair {
         primary,

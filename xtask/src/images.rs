@@ -7,7 +7,9 @@
 //!
 //! The recovery filesystem carries the label PID 1 looks for
 //! ([`understudy::init::recorded::RECOVERY_LABEL`]) and, when the spec records them,
-//! the disks' identities at [`understudy::init::recorded::DISKS_FILE`].
+//! the disks' identities at [`understudy::init::recorded::DISKS_FILE`]. The images
+//! filesystem (`US-IMAGES`) is empty, or filled from a tree of image directories and
+//! sized to hold them when the spec gives one (the restore scenarios).
 //!
 //! Also a small primary disk for the demo and the boot tests ([`build_primary`]): GPT,
 //! an ext4 root filled from a tree, and GRUB (BIOS and UEFI) booting the kernel and
@@ -70,8 +72,12 @@ struct Part {
     size: Bytes,
 }
 
-/// The partitions, scaled down from docs/disk-layout.md's sizes for tests.
-const fn parts() -> [Part; 5] {
+/// The images partition's size when the spec gives no images tree.
+const EMPTY_IMAGES: Bytes = Bytes(32 * MIB);
+
+/// The partitions, scaled down from docs/disk-layout.md's sizes for tests, with an
+/// images partition of `images` bytes.
+const fn parts(images: Bytes) -> [Part; 5] {
     [
         Part {
             name: "bios-boot",
@@ -96,7 +102,7 @@ const fn parts() -> [Part; 5] {
         Part {
             name: "understudy-images",
             type_guid: LINUX_FS,
-            size: Bytes(32 * MIB),
+            size: images,
         },
     ]
 }
@@ -119,12 +125,22 @@ pub struct SecondarySpec {
     pub next_entry: Option<Vec<u8>>,
     /// Written as JSON to [`DISKS_FILE`] on the recovery filesystem (`None`: left out).
     pub recorded: Option<Recorded>,
+    /// The images filesystem's contents (image directories at its root, as the
+    /// recovery console lists them) and its partition's size, a whole number of MiB
+    /// (`None`: an empty filesystem of 32 MiB).
+    pub images: Option<(PathBuf, Bytes)>,
 }
 
-/// The size of every secondary this module builds (the partitions and 2 MiB for
-/// alignment and the GPT's copies): what the guest sees as the disk's size.
+/// The size of a secondary this module builds with no images tree (the partitions
+/// and 2 MiB for alignment and the GPT's copies): what the guest sees as the disk's
+/// size.
 pub fn secondary_bytes() -> Bytes {
-    Bytes(parts().iter().map(|p| p.size.0).sum::<u64>() + 2 * MIB)
+    secondary_bytes_with(EMPTY_IMAGES)
+}
+
+/// The size of a secondary whose images partition is `images` bytes.
+pub fn secondary_bytes_with(images: Bytes) -> Bytes {
+    Bytes(parts(images).iter().map(|p| p.size.0).sum::<u64>() + 2 * MIB)
 }
 
 /// The identities provision would record for a virtio primary and secondary with
@@ -159,9 +175,19 @@ pub fn test_boot() -> SecondaryBoot {
     }
 }
 
-/// The GPT of the secondary, partitions 1 MiB-aligned from 1 MiB.
-fn plan() -> Result<PartitionPlan> {
-    plan_of(&parts(), DISK_GUID, 0x5ec0a3d1_0000_4e5c_9a11_100000000000)
+/// The GPT of the secondary, partitions 1 MiB-aligned from 1 MiB, the images
+/// partition `images` bytes.
+fn plan(images: Bytes) -> Result<PartitionPlan> {
+    ensure!(
+        images.0 >= EMPTY_IMAGES.0 && images.0.is_multiple_of(MIB),
+        "an images partition of {} bytes (a whole number of MiB, at least 32, is needed)",
+        images.0
+    );
+    plan_of(
+        &parts(images),
+        DISK_GUID,
+        0x5ec0a3d1_0000_4e5c_9a11_100000000000,
+    )
 }
 
 /// A GPT holding `parts` in order, 1 MiB-aligned from 1 MiB, with 1 MiB to spare at
@@ -213,7 +239,11 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
         fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
     }
     fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let plan = plan()?;
+    let (images_tree, images_size) = match &spec.images {
+        Some((tree, size)) => (Some(tree.as_path()), *size),
+        None => (None, EMPTY_IMAGES),
+    };
+    let plan = plan(images_size)?;
     let out = &spec.output;
     let f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     f.set_len(plan.disk_bytes.0)
@@ -288,7 +318,7 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
         &em.join(e.initrd.trim_start_matches('/')),
     )?;
     ext4(work, out, &plan, 4, "US-EMERGENCY", &e.fs_uuid, Some(&em))?;
-    ext4(work, out, &plan, 5, "US-IMAGES", IMAGES_UUID, None)?;
+    ext4(work, out, &plan, 5, "US-IMAGES", IMAGES_UUID, images_tree)?;
 
     install_bios(out, &core, part(1), plan.sector_size)?;
     Ok(())
@@ -623,13 +653,29 @@ mod tests {
 
     #[test]
     fn the_plan_is_valid_and_aligned() {
-        let p = plan().unwrap();
+        let p = plan(EMPTY_IMAGES).unwrap();
         understudy::layout::check_plan(&p).unwrap();
         for part in &p.partitions {
             assert_eq!(part.start_lba.0 % 2048, 0, "partition {}", part.number);
         }
         assert_eq!(p.partitions[0].type_guid, Some(BIOS_BOOT));
         assert_eq!(p.partitions[0].start_lba, Lba(2048));
+    }
+
+    #[test]
+    fn an_images_partition_sized_for_a_tree_is_in_the_plan_and_the_disk_size() {
+        let images = Bytes(600 * MIB);
+        let p = plan(images).unwrap();
+        understudy::layout::check_plan(&p).unwrap();
+        let last = p.partitions.last().unwrap();
+        assert_eq!(last.size_lba.bytes(p.sector_size).unwrap(), images);
+        assert_eq!(p.disk_bytes, secondary_bytes_with(images));
+        assert_eq!(
+            secondary_bytes_with(images).0 - secondary_bytes().0,
+            568 * MIB
+        );
+        assert!(plan(Bytes(600 * MIB + 1)).is_err());
+        assert!(plan(Bytes(16 * MIB)).is_err());
     }
 
     /// GRUB's images carry the values the offsets above are for.

@@ -21,6 +21,8 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 commands:
   corpus                    build (if missing) the debootstrap tree; print its path
   bench [--runs N] [--quick]  time understudy against tar+lzop on the corpus
+  bench --boot              time QEMU start to the recovery console against a trivial /init
+  bench --restore [--runs N]  restore throughput in a VM against lzop -dc | tar -x
   test                      fmt check, clippy -D warnings, cargo test (what CI runs)
   demo [--no-primary|--blank-primary] [--uefi]
                             boot the demo appliance pair in QEMU on this terminal

@@ -1,21 +1,33 @@
-//! VM scenarios for the restore (issue 5), through real parts: the test appliance's
-//! image (`appliance.rs`: the Debian corpus, made into an image by `understudy image
-//! create`, layout `/boot` + LVM root + swap) on an image disk; our recovery kernel
-//! and initramfs booted with a blank virtio primary; the recovery console started on
-//! the mounted image disk and driven by keys over the serial line as a technician
-//! would (image, target, the plan naming the target's model, serial and size, the
-//! serial typed, the progress to its result); `r` on the result screen resets the
-//! machine; the restored primary checked from the recovery shell of a new boot (`sgdisk -v`,
-//! `e2fsck -fn`, every path and every file's MD5 against the image's trees) and
-//! booted alone through its own GRUB to a login on the serial console.
-//! Same size, larger, smaller-but-enough, and a corrupt image refused in verify with
-//! the reason on the console's screen, the target untouched. [`restored_primary`]
-//! caches the restored same-size primary as a qcow2 base image for other scenarios.
+//! VM scenarios for the restore (issue 5), through the real boot chain: the test
+//! appliance's image (`appliance.rs`: the Debian corpus, made into an image by
+//! `understudy image create`, layout `/boot` + LVM root + swap) at the root of the
+//! images filesystem of a secondary built by `images.rs` (GRUB for BIOS, the menu
+//! rendered by `understudy::boot`, the environment block saying the emergency copy is
+//! not ready, the release recovery kernel and initramfs of `target/recovery/`, the
+//! recorded identities naming the primary that died). The machine boots the secondary
+//! first under SeaBIOS with a blank replacement disk (a new serial) in the primary's
+//! slot: GRUB finds no primary and boots the recovery console in automatic mode (its
+//! `primary absent` line is checked), PID 1 starts the console, whose status screen
+//! must name the blank disk as the replacement candidate; the console is then driven
+//! by keys over the serial line as a technician would (image, target (the secondary
+//! never offered), the plan naming the target's model, serial and size, the serial
+//! typed, the progress to its result). `r` on the result screen reboots the same
+//! QEMU (no `-no-reboot`): SeaBIOS boots the secondary again, its GRUB now finds the
+//! restored primary (`primary present`) and chainloads its MBR by default, and the
+//! restored Debian comes up to a login on ttyS0 with `/` on the root LV and swap on.
+//! After a power-off, the restored disk is checked from the recovery shell of a new,
+//! direct boot with a separate image disk at `/img` (the test's inspection, not the
+//! product path: `sgdisk -v`, `e2fsck -fn`, every path and every file's MD5 against
+//! the image's trees, the root LV's size fit).
+//! Same size, larger, smaller-but-enough, and a corrupt image (a byte flipped in the
+//! secondary's copy of the root archive, never in the cache) refused in verify with
+//! the reason on the console's screen, the target's ends untouched.
+//! [`restored_primary`] caches the same-size primary, as the console's restore left
+//! it before its first boot, as a qcow2 base image for other scenarios.
 //!
-//! The console runs the dev build of our binary from the image disk (`/img/understudy
-//! console --images`), so the scenarios test the code of this tree without rebuilding
-//! the recovery image's release binary; the recovery image provides the kernel,
-//! modules and tools (lvm, mke2fs, sgdisk). A child module of `vmtest.rs`.
+//! A child module of `vmtest.rs`. Does not own the harness (`qemu/`), the secondary's
+//! image (`images.rs`), the appliance image (`appliance.rs`) or the console's text
+//! (`understudy::console::view`, `understudy::recovery::situation`).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,11 +38,14 @@ use anyhow::{Context, Result, bail};
 
 use super::{Ctx, Firmware, Scenario, secs};
 use crate::appliance::{self, ImageDisk};
+use crate::images::{self, SecondarySpec};
 use crate::qemu::{DirectBoot, DiskSpec, ImageFormat, Key, Machine, MachineSpec};
 use crate::run::Cmd;
 use crate::target_dir;
+use understudy::boot::{self, Env, PrimaryDisk};
 use understudy::console::view::RESTORE_TITLE;
 use understudy::disk::Bytes;
+use understudy::layout::{Bytes as LayoutBytes, MIB};
 
 pub const SAME_SIZE: Scenario = Scenario {
     name: "restore-same-size",
@@ -55,34 +70,53 @@ pub const CORRUPT: Scenario = Scenario {
 
 /// These scenarios restore 800 MB under TCG: their own bound, not the harness's.
 const LIMIT: Duration = Duration::from_secs(20 * 60);
+/// From QEMU start to the recovery image's first screen, direct boot.
 const BOOT: Duration = Duration::from_secs(120);
+/// From QEMU start to the console's first screen through SeaBIOS and GRUB (the
+/// menu's fallback timeout, the kernel and initramfs read through the BIOS).
+const CHAIN_BOOT: Duration = Duration::from_secs(300);
 const STEP: Duration = Duration::from_secs(60);
 /// Verify, partition, mkfs, extract, grub-install in a chroot, sync.
 const RESTORE: Duration = Duration::from_secs(900);
 const CHECKS: Duration = Duration::from_secs(600);
-/// GRUB, the kernel, the appliance's initramfs activating LVM, systemd to a getty.
+/// SeaBIOS, the secondary's GRUB and its menu timeout, the primary's GRUB, the
+/// kernel, the appliance's initramfs activating LVM, systemd to a getty.
 const LOGIN: Duration = Duration::from_secs(420);
 
 const TITLE: &str = understudy::init::status::HEADING;
 const MENU: &str = understudy::init::menu::LINE;
 const APPEND: &str = "console=ttyS0 panic=-1 quiet";
-const PRIMARY_SERIAL: &str = "US-PRIMARY-0001";
-const IMAGES_SERIAL: &str = "US-IMAGES-0002";
+/// The primary that died, as the secondary recorded it.
+const RECORDED_SERIAL: &str = "US-PRIMARY-0001";
+/// The blank replacement disk in the primary's slot.
+const TARGET_SERIAL: &str = "US-REPLACEMENT-0003";
+const SECONDARY_SERIAL: &str = "US-SECONDARY-0002";
+/// The image disk of the checks' boot.
+const IMAGES_SERIAL: &str = "US-IMAGES-0004";
+/// What the status screen says of the disk in the primary's slot (vda), followed by
+/// how it reads: `blank` (all zeros), `has other data` (the corrupt scenario's
+/// pattern).
+const REPLACEMENT_LINE: &str = "Primary: MISSING; replacement candidate: vda";
+/// Automatic mode's line, up to where an 80-column screen wraps it.
+const AUTO_LINE: &str = "Automatic mode (understudy.mode=auto): the emergency copy is not ready:";
 
 fn re(s: &str) -> Result<regex::Regex> {
     Ok(regex::Regex::new(s)?)
 }
 
 /// The recovery kernel and initramfs (`cargo xtask initramfs`).
-fn recovery_initrd() -> Result<PathBuf> {
-    let initrd = target_dir().join("recovery/initrd.img");
-    if !initrd.is_file() {
-        bail!(
-            "{} is missing: run `cargo xtask initramfs` first",
-            initrd.display()
-        );
+fn recovery_initrd() -> Result<(PathBuf, PathBuf)> {
+    let dir = target_dir().join("recovery");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+    for f in [&kernel, &initrd] {
+        if !f.is_file() {
+            bail!(
+                "{} is missing: run `cargo xtask initramfs` first",
+                f.display()
+            );
+        }
     }
-    Ok(initrd)
+    Ok((kernel, initrd))
 }
 
 fn spec(ctx: &Ctx, deadline: Instant) -> MachineSpec {
@@ -93,8 +127,292 @@ fn spec(ctx: &Ctx, deadline: Instant) -> MachineSpec {
     spec
 }
 
-/// An overlay over the image disk, so that mounting it (or corrupting it) leaves
-/// the cached disk as it was.
+/// Files removed when the scenario is done with them, or fails: the secondary and
+/// its images tree are hundreds of MB each.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(p)
+            } else {
+                fs::remove_file(p)
+            };
+        }
+    }
+}
+
+/// The secondary of a restore scenario (`ctx.dir/secondary.raw`) and what it took.
+struct Secondary {
+    disk: PathBuf,
+    /// Removes the disk when dropped.
+    _scratch: Scratch,
+    notes: Vec<String>,
+}
+
+/// The appliance image's `/` and `/boot` filesystem UUIDs, from its manifest: what
+/// the secondary's GRUB looks for to tell whether the primary is present and to find
+/// the disk whose MBR it chainloads (the restore keeps the recorded UUIDs).
+fn primary_fs_uuids(img: &ImageDisk) -> Result<PrimaryDisk> {
+    let manifest = understudy::image::manifest::Manifest::load(&img.image)?;
+    let uuid = |mount: &str| {
+        manifest
+            .layout
+            .filesystems
+            .iter()
+            .find(|f| f.mountpoint.as_deref() == Some(mount))
+            .and_then(|f| f.uuid.clone())
+            .with_context(|| format!("the image's layout has no {mount} filesystem with a UUID"))
+    };
+    Ok(PrimaryDisk {
+        root_fs_uuid: uuid("/")?,
+        boot_fs_uuid: uuid("/boot")?,
+        esp_fs_uuid: None,
+    })
+}
+
+/// `tree/IMAGE_ID/`: hard links to the cached image's files, except a copy of the
+/// root archive with one byte flipped in its middle when `corrupt` (the cache stays
+/// as it was). Returns the files' total size.
+fn images_tree(img: &ImageDisk, tree: &Path, corrupt: bool) -> Result<u64> {
+    let dir = tree.join(appliance::IMAGE_ID);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut total = 0u64;
+    let entries =
+        fs::read_dir(&img.image).with_context(|| format!("listing {}", img.image.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", img.image.display()))?;
+        let from = entry.path();
+        let to = dir.join(entry.file_name());
+        total = total
+            .checked_add(entry.metadata()?.len())
+            .context("the image's size overflows")?;
+        if corrupt && entry.file_name() == "root.tar.lzo" {
+            fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            flip_middle_byte(&to)?;
+        } else {
+            fs::hard_link(&from, &to)
+                .with_context(|| format!("linking {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Inverts the byte in the middle of `path`.
+fn flip_middle_byte(path: &Path) -> Result<()> {
+    let what = || format!("flipping a byte of {}", path.display());
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(what)?;
+    let at = f.metadata().with_context(what)?.len() / 2;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).with_context(what)?;
+    f.read_exact(&mut b).with_context(what)?;
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(at)).with_context(what)?;
+    f.write_all(&b).with_context(what)?;
+    f.sync_all().with_context(what)
+}
+
+/// The images partition for `bytes` of image files: a tenth more and 64 MiB for
+/// ext4's journal and tables, in whole MiB.
+fn images_partition(bytes: u64) -> Result<LayoutBytes> {
+    let want = bytes
+        .checked_add(bytes / 10)
+        .and_then(|b| b.checked_add(64 * MIB))
+        .context("the images partition's size overflows")?;
+    Ok(LayoutBytes(want.div_ceil(MIB) * MIB))
+}
+
+/// Builds the scenario's secondary: the appliance image at the images filesystem's
+/// root (corrupted when asked), the emergency copy not ready, the dead primary
+/// (`RECORDED_SERIAL`, the image's disk size) and this secondary recorded, GRUB's
+/// menu naming the image's filesystems as the primary's.
+fn secondary(ctx: &Ctx, img: &ImageDisk, corrupt: bool) -> Result<Secondary> {
+    let started = Instant::now();
+    let (kernel, initrd) = recovery_initrd()?;
+    let tree = ctx.dir.join("images-tree");
+    let work = ctx.dir.join("work-secondary");
+    let disk = ctx.dir.join("secondary.raw");
+    // The tree and the work directory (the filesystems' files) go once the disk is
+    // built; the disk when the scenario ends.
+    let _build = Scratch(vec![tree.clone(), work.clone()]);
+    let scratch = Scratch(vec![disk.clone()]);
+    let size = images_partition(images_tree(img, &tree, corrupt)?)?;
+    let mut menu = images::test_boot();
+    menu.primary = Some(primary_fs_uuids(img)?);
+    let env = boot::encode(&Env::with_emergency(None))?.to_vec();
+    let bytes = images::secondary_bytes_with(size);
+    images::build_secondary(&SecondarySpec {
+        work: work.clone(),
+        output: disk.clone(),
+        boot: menu,
+        recovery_kernel: kernel.clone(),
+        recovery_initrd: initrd.clone(),
+        // Not ready: never booted; any kernel and initrd fill the partition.
+        emergency_kernel: kernel,
+        emergency_initrd: initrd,
+        env_a: Some(env.clone()),
+        env_b: Some(env),
+        next_entry: None,
+        recorded: Some(images::recorded_virtio(
+            (
+                RECORDED_SERIAL,
+                LayoutBytes(appliance::DISK_MIB.checked_mul(MIB).context("disk size")?),
+            ),
+            (SECONDARY_SERIAL, bytes),
+        )),
+        images: Some((tree.clone(), size)),
+    })
+    .context("building the secondary")?;
+    let notes = vec![format!(
+        "secondary built in {}: {} MiB, the image at the root of its {} MiB US-IMAGES filesystem{}, \
+         emergency copy not ready, the release recovery kernel and initramfs",
+        secs(started.elapsed()),
+        bytes.0 / MIB,
+        size.0 / MIB,
+        if corrupt {
+            " (root.tar.lzo a copy with its middle byte flipped)"
+        } else {
+            ""
+        }
+    )];
+    Ok(Secondary {
+        disk,
+        _scratch: scratch,
+        notes,
+    })
+}
+
+/// SeaBIOS with the secondary first in the boot order and `target` (a replacement
+/// disk with a new serial) in the primary's slot (vda); a guest reboot resets the
+/// machine instead of ending QEMU.
+fn chain_machine(ctx: &Ctx, deadline: Instant, secondary: &Path, target: &Path) -> Result<Machine> {
+    let mut s = spec(ctx, deadline);
+    s.no_reboot = false;
+    let mut t = DiskSpec::virtio("primary", target, ImageFormat::Raw, TARGET_SERIAL);
+    t.bootindex = Some(2);
+    let mut d = DiskSpec::virtio("secondary", secondary, ImageFormat::Raw, SECONDARY_SERIAL);
+    d.bootindex = Some(1);
+    s.disks = vec![t, d];
+    Machine::start(&s)
+}
+
+/// The last whole line of the console log containing `what`, escape sequences cut.
+fn log_line(vm: &Machine, what: &str) -> Result<String> {
+    let log = vm.console().log_text()?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .with_context(|| format!("no {what:?} in the console log"))?;
+    let esc = re(r"\x1b\[[0-9;?]*[A-Za-z]")?;
+    Ok(esc.replace_all(line, "").trim().to_string())
+}
+
+/// From QEMU start: GRUB's automatic choice with the primary absent, then the
+/// recovery console that PID 1 started, its status screen naming the disk in the
+/// primary's slot as the replacement candidate (`state`: how it reads), automatic
+/// mode waiting, the appliance image listed. Returns notes.
+fn console_first_screen(vm: &Machine, state: &str) -> Result<Vec<String>> {
+    let grub = re(r"understudy: emergency_ready=0 \(env copy a\), primary absent")?;
+    vm.wait_for_text(grub, CHAIN_BOOT)?;
+    let grub_at = vm.elapsed();
+    let grub_line = log_line(vm, "understudy: emergency_ready=")?;
+    vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, CHAIN_BOOT)?;
+    let console_at = vm.elapsed();
+    let newest = format!("Newest image: {}", appliance::IMAGE_ID);
+    let replacement = format!("{REPLACEMENT_LINE} ({state})");
+    for want in [replacement.as_str(), AUTO_LINE, newest.as_str()] {
+        vm.wait_for_text(want, STEP)?;
+    }
+    if !vm.screen_text().contains(TITLE) {
+        bail!(
+            "the console's status screen has no {TITLE:?} heading:\n{}",
+            vm.console().framed_screen()
+        );
+    }
+    Ok(vec![
+        format!(
+            "SeaBIOS booted the secondary; its GRUB said \"{grub_line}\" {} after QEMU start",
+            secs(grub_at)
+        ),
+        format!(
+            "the recovery console (started by PID 1, automatic mode) on screen {} after QEMU start: \
+             \"{replacement}\", \"{newest}\"",
+            secs(console_at)
+        ),
+    ])
+}
+
+fn type_line(vm: &Machine, line: &str) -> Result<()> {
+    vm.send_keys(line)?;
+    vm.send_key(Key::Enter)
+}
+
+/// The last value printed as `NAME=VALUE` on the console so far.
+fn marker(vm: &Machine, name: &str) -> Result<String> {
+    let log = vm.console().log_text()?;
+    let r = re(&format!(r"{}=(\S+)", regex::escape(name)))?;
+    r.captures_iter(&log)
+        .filter(|c| !c[1].starts_with('$'))
+        .last()
+        .map(|c| c[1].to_string())
+        .with_context(|| format!("no {name}= on the console"))
+}
+
+/// The console's restore of the appliance image onto the blank replacement (vda),
+/// from its status screen, driven by keys over the serial line as a technician
+/// would: the image chosen, the blank disk chosen (the secondary must not be
+/// offered), the plan naming the target's model, serial and size, the serial typed,
+/// then the progress until a result. Returns the plan's line naming the target, the
+/// result screen and how long the restore ran.
+fn console_restore(vm: &Machine, mib: u64) -> Result<(String, String, Duration)> {
+    vm.send_keys("t")?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 1/4"), STEP)?;
+    vm.wait_for_text(format!("> {}", appliance::IMAGE_ID), STEP)?;
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 2/4"), STEP)?;
+    vm.wait_for_text(format!("serial {TARGET_SERIAL}"), STEP)?;
+    if vm.screen_text().contains(SECONDARY_SERIAL) {
+        bail!(
+            "the secondary is offered as a target:\n{}",
+            vm.console().framed_screen()
+        );
+    }
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE} 3/4"), STEP)?;
+    let size = Bytes(mib << 20).human();
+    let named = re(&format!(
+        r"model [^,]+, serial {TARGET_SERIAL}, size {}",
+        regex::escape(&size)
+    ))?;
+    vm.wait_for_text(named.clone(), STEP)?;
+    let plan = named
+        .find(&vm.screen_text())
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text("Type the disk's serial number", STEP)?;
+    vm.send_keys(TARGET_SERIAL)?;
+    vm.send_key(Key::Enter)?;
+    vm.wait_for_text(format!("{RESTORE_TITLE}: in progress"), STEP)?;
+    let started = Instant::now();
+    vm.wait_for_text(
+        re(r"Restore complete|Restore FAILED|Restore cancelled")?,
+        RESTORE,
+    )?;
+    let took = started.elapsed();
+    // The result's lines arrive over 115200 baud: wait for its keys line.
+    vm.wait_for_text(re(r"\[Enter\]")?, STEP)?;
+    Ok((plan, vm.console().framed_screen(), took))
+}
+/// An overlay over the image disk (the checks' `check.sh` and expectations), so that
+/// mounting it leaves the cached disk as it was.
 fn images_overlay(ctx: &Ctx, img: &ImageDisk) -> Result<DiskSpec> {
     let overlay = ctx.dir.join("images.qcow2");
     crate::qemu::create_overlay(&img.disk, &overlay)?;
@@ -118,7 +436,7 @@ fn recovery_shell(
     ctx.booted_kernel.set(true);
     s.direct_boot = Some(DirectBoot {
         kernel: ctx.guest.boot_kernel.clone(),
-        initrd: Some(recovery_initrd()?),
+        initrd: Some(recovery_initrd()?.1),
         append: APPEND.into(),
     });
     s.disks.push(primary);
@@ -136,7 +454,7 @@ fn open_shell(vm: &Machine) -> Result<()> {
     vm.send_keys("s")?;
     vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
     // PID 1 loads the filesystems and device-mapper after its first screen, in the
-    // background (`init::modload::ALWAYS`): the restore needs ext4 and dm-mod.
+    // background (`init::modload::ALWAYS`): the checks need ext4 and dm-mod.
     type_line(
         vm,
         "i=0; until grep -qw ext4 /proc/filesystems && [ -d /sys/module/dm_mod ] && [ -b /dev/vdb ] \
@@ -145,73 +463,6 @@ fn open_shell(vm: &Machine) -> Result<()> {
     )?;
     vm.wait_for_text(re(r"IMG-MOUNTED=0")?, BOOT + STEP)?;
     Ok(())
-}
-
-fn type_line(vm: &Machine, line: &str) -> Result<()> {
-    vm.send_keys(line)?;
-    vm.send_key(Key::Enter)
-}
-
-/// The last value printed as `NAME=VALUE` on the console so far.
-fn marker(vm: &Machine, name: &str) -> Result<String> {
-    let log = vm.console().log_text()?;
-    let r = re(&format!(r"{}=(\S+)", regex::escape(name)))?;
-    r.captures_iter(&log)
-        .filter(|c| !c[1].starts_with('$'))
-        .last()
-        .map(|c| c[1].to_string())
-        .with_context(|| format!("no {name}= on the console"))
-}
-
-/// The console's restore of the appliance image onto the blank primary (vda), driven
-/// by keys over the serial line as a technician would: the console started from the
-/// shell on the mounted image disk, the image chosen, the blank disk chosen (the
-/// mounted image disk must not be offered), the plan naming the target's model,
-/// serial and size, the serial typed, then the progress until a result. Returns the
-/// plan's line naming the target, the result screen and how long the restore ran.
-fn console_restore(vm: &Machine, mib: u64) -> Result<(String, String, Duration)> {
-    vm.clear_screen();
-    type_line(vm, "/img/understudy console --images /img/images")?;
-    vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, BOOT)?;
-    vm.wait_for_text(format!("Newest image: {}", appliance::IMAGE_ID), STEP)?;
-    vm.send_keys("t")?;
-    vm.wait_for_text(format!("{RESTORE_TITLE} 1/4"), STEP)?;
-    vm.wait_for_text(format!("> {}", appliance::IMAGE_ID), STEP)?;
-    vm.send_key(Key::Enter)?;
-    vm.wait_for_text(format!("{RESTORE_TITLE} 2/4"), STEP)?;
-    vm.wait_for_text(format!("serial {PRIMARY_SERIAL}"), STEP)?;
-    if vm.screen_text().contains(IMAGES_SERIAL) {
-        bail!(
-            "the mounted image disk is offered as a target:\n{}",
-            vm.console().framed_screen()
-        );
-    }
-    vm.send_key(Key::Enter)?;
-    vm.wait_for_text(format!("{RESTORE_TITLE} 3/4"), STEP)?;
-    let size = Bytes(mib << 20).human();
-    let named = re(&format!(
-        r"model [^,]+, serial {PRIMARY_SERIAL}, size {}",
-        regex::escape(&size)
-    ))?;
-    vm.wait_for_text(named.clone(), STEP)?;
-    let plan = named
-        .find(&vm.screen_text())
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_default();
-    vm.send_key(Key::Enter)?;
-    vm.wait_for_text("Type the disk's serial number", STEP)?;
-    vm.send_keys(PRIMARY_SERIAL)?;
-    vm.send_key(Key::Enter)?;
-    vm.wait_for_text(format!("{RESTORE_TITLE}: in progress"), STEP)?;
-    let started = Instant::now();
-    vm.wait_for_text(
-        re(r"Restore complete|Restore FAILED|Restore cancelled")?,
-        RESTORE,
-    )?;
-    let took = started.elapsed();
-    // The result's lines arrive over 115200 baud: wait for its keys line.
-    vm.wait_for_text(re(r"\[Enter\] status|\[Enter\]")?, STEP)?;
-    Ok((plan, vm.console().framed_screen(), took))
 }
 
 /// Runs `check.sh` and fails unless every check passed; returns notes.
@@ -314,47 +565,116 @@ fn power_off(vm: &mut Machine) -> Result<()> {
     Ok(())
 }
 
-/// Restores the appliance image onto a blank primary of `mib` MiB through the
-/// console's keys, reboots from the console's result screen (QEMU, run with
-/// `-no-reboot`, ends on the guest's reset), and checks the disk from the recovery
-/// shell of a new boot.
+/// A qcow2 copy of the raw `target` while the machine using it is up (`-U`: QEMU
+/// holds its lock), taken on the console's result screen: the disk as the restore
+/// left it, before anything boots from it.
+fn snapshot(target: &Path, out: &Path) -> Result<Duration> {
+    let started = Instant::now();
+    let tmp = out.with_extension("qcow2.tmp");
+    let _ = fs::remove_file(&tmp);
+    Cmd::new("qemu-img")
+        .args(["convert", "-U", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(target)
+        .arg(&tmp)
+        .output()
+        .with_context(|| format!("copying the restored {} to qcow2", target.display()))?;
+    fs::rename(&tmp, out).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(started.elapsed())
+}
+
+/// Waits for the autologin shell on ttyS0, checks that `/` is the LVM root and swap
+/// is on, and powers off. Returns when `login:` came (QEMU time) and the root.
+fn logged_in(vm: &mut Machine) -> Result<(Duration, String)> {
+    vm.wait_for_text(re(r"login:")?, LOGIN)?;
+    let login_at = vm.elapsed();
+    vm.wait_for_text(re(r"(?m)root@appliance:~# ?$")?, STEP)?;
+    type_line(
+        vm,
+        "echo BOOTED-ROOT=$(findmnt -no SOURCE /) BOOTED-SWAPS=$(swapon --noheadings --show=NAME | wc -l)",
+    )?;
+    vm.wait_for_text(re(r"BOOTED-SWAPS=\d")?, STEP)?;
+    let root = marker(vm, "BOOTED-ROOT")?;
+    let swaps = marker(vm, "BOOTED-SWAPS")?;
+    if root != "/dev/mapper/vg0-root" || swaps != "1" {
+        bail!("the restored system runs from {root} with {swaps} swap area(s)");
+    }
+    type_line(vm, "poweroff")?;
+    let down = vm.wait_shutdown(Duration::from_secs(120))?;
+    if down.reason.as_deref() == Some("guest-reset") {
+        bail!("`poweroff` in the restored system reset the machine");
+    }
+    Ok((login_at, root))
+}
+
+/// Restores the appliance image onto a blank replacement of `mib` MiB through the
+/// real chain (SeaBIOS, the secondary's GRUB, PID 1's recovery console, its keys),
+/// copies the restored disk to `ctx.dir/restored.qcow2` on the result screen, reboots
+/// with `r` into the primary through the secondary's GRUB to a login, powers off,
+/// and checks the copy from the recovery shell of a new boot. Returns the copy.
 fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<String>)> {
     let img = appliance::image_disk()?;
-    let primary = ctx.blank("primary.raw", mib)?;
-    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
-    let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
+    let sec = secondary(ctx, &img, false)?;
+    let mut notes = sec.notes.clone();
+    let target = ctx.blank("primary.raw", mib)?;
+    let target_scratch = Scratch(vec![target.clone()]);
+    let mut vm = chain_machine(ctx, deadline, &sec.disk, &target)?;
+    notes.extend(console_first_screen(&vm, "blank")?);
     let (plan, screen, took) = console_restore(&vm, mib)?;
     let complete = format!("Restore complete: {} is on vda", appliance::IMAGE_ID);
     if !screen.contains(&complete) || !screen.contains("[r] reboot into the primary") {
         bail!("the console's restore did not complete:\n{screen}");
     }
-    let mut notes = vec![
-        format!("console plan named the target: {plan}; its serial typed"),
-        format!(
-            "console restore onto {mib} MiB: \"{complete}\" on screen {} after the serial",
-            secs(took)
-        ),
-    ];
+    notes.push(format!(
+        "console plan named the target: {plan}; its serial typed"
+    ));
+    notes.push(format!(
+        "console restore onto {mib} MiB: \"{complete}\" on screen {} after the serial",
+        secs(took)
+    ));
+    let restored = ctx.dir.join("restored.qcow2");
+    let copied = snapshot(&target, &restored)?;
+    notes.push(format!(
+        "the restored disk copied to qcow2 on the result screen, before any boot ({})",
+        secs(copied)
+    ));
+
+    // `r`: the same QEMU resets; SeaBIOS boots the secondary, whose GRUB now finds
+    // the primary and chainloads its MBR by default after the menu's timeout.
     vm.clear_screen();
     vm.send_keys("r")?;
     vm.wait_for_text("rebooting", STEP)?;
-    // The harness runs QEMU with `-no-reboot`: the guest's reset ends it.
-    let reset = vm.wait_shutdown(STEP)?;
-    if reset.reason.as_deref() != Some("guest-reset") {
-        bail!(
-            "`r` on the result screen did not reset the machine: QEMU ended with {:?}",
-            reset.reason
-        );
-    }
+    let asked = vm.elapsed();
+    let present = re(r"understudy: emergency_ready=0 \(env copy a\), primary present")?;
+    vm.wait_for_text(present, CHAIN_BOOT)?;
+    let grub_at = vm.elapsed();
+    let grub_line = log_line(&vm, "primary present")?;
+    vm.wait_for_text(boot::TITLE_PRIMARY, STEP)?;
+    let (login_at, root) = logged_in(&mut vm)?;
     drop(vm);
-    notes.push("`r` on the result screen: \"rebooting...\", the guest reset the machine".into());
-    // The checks from the recovery shell, on the disk as the reset left it.
-    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
+    notes.push(format!(
+        "`r` on the result screen: the same QEMU reset; the secondary's GRUB said \"{grub_line}\" {} \
+         later, defaulted to \"{}\" and chainloaded the primary",
+        secs(grub_at.saturating_sub(asked)),
+        boot::TITLE_PRIMARY
+    ));
+    notes.push(format!(
+        "the restored Debian reached login: on ttyS0 {} after `r`; / is {root}, swap on; powered off",
+        secs(login_at.saturating_sub(asked))
+    ));
+    // The booted disk and the secondary are done with.
+    drop(target_scratch);
+    drop(sec);
+
+    // The checks, on an overlay of the copy taken before the boot.
+    let overlay = ctx.dir.join("checked.qcow2");
+    qcow2_overlay(&restored, &overlay)?;
+    let _overlay_scratch = Scratch(vec![overlay.clone()]);
+    let disk = DiskSpec::virtio("primary", &overlay, ImageFormat::Qcow2, TARGET_SERIAL);
     let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
     notes.extend(checks(&vm)?);
     notes.push(root_lv_fits(&vm, &img, mib)?);
     power_off(&mut vm)?;
-    Ok((primary, notes))
+    Ok((restored, notes))
 }
 
 /// Boots `disk` alone through its own GRUB to a login on the serial console, and
@@ -366,33 +686,20 @@ fn boot_restored(ctx: &Ctx, deadline: Instant, disk: DiskSpec) -> Result<Vec<Str
     disk.bootindex = Some(1);
     s.disks.push(disk);
     let mut vm = Machine::start(&s)?;
-    vm.wait_for_text(re(r"login:")?, LOGIN)?;
-    let login_at = vm.elapsed();
-    vm.wait_for_text(re(r"(?m)root@appliance:~# ?$")?, STEP)?;
-    type_line(
-        &vm,
-        "echo BOOTED-ROOT=$(findmnt -no SOURCE /) BOOTED-SWAPS=$(swapon --noheadings --show=NAME | wc -l)",
-    )?;
-    vm.wait_for_text(re(r"BOOTED-SWAPS=\d")?, STEP)?;
-    let root = marker(&vm, "BOOTED-ROOT")?;
-    let swaps = marker(&vm, "BOOTED-SWAPS")?;
-    if root != "/dev/mapper/vg0-root" || swaps != "1" {
-        bail!("the restored system runs from {root} with {swaps} swap area(s)");
-    }
-    type_line(&vm, "poweroff")?;
-    vm.wait_shutdown(Duration::from_secs(120))?;
+    let (login_at, root) = logged_in(&mut vm)?;
     Ok(vec![format!(
-        "the restored primary booted alone to a login on ttyS0 in {}; / is {root}, swap on",
+        "the cached primary booted alone to a login on ttyS0 in {}; / is {root}, swap on",
         secs(login_at)
     )])
 }
 
 /// `target/vm/appliance/primary.qcow2`: the appliance restored onto a blank 2 GiB
-/// disk by `understudy restore` (GPT, BIOS boot, ext4 /boot, VG vg0 with an ext4
-/// root LV and swap, GRUB installed), before its first boot, for scenarios that need
-/// "a VM booted from a primary with an LVM root": use it as the base of a qcow2
-/// overlay (`qemu-img create -f qcow2 -F qcow2 -b BASE`). Restored here when missing,
-/// made from another image disk, or `fresh`; returns the restore's notes then.
+/// disk by the recovery console through the boot chain (GPT, BIOS boot, ext4 /boot,
+/// VG vg0 with an ext4 root LV and swap, GRUB installed), copied before its first
+/// boot, for scenarios that need "a VM booted from a primary with an LVM root": use
+/// it as the base of a qcow2 overlay (`qemu-img create -f qcow2 -F qcow2 -b BASE`).
+/// Restored here when missing, made from another image disk, or `fresh`; returns the
+/// restore's notes then.
 pub fn restored_primary(ctx: &Ctx, fresh: bool) -> Result<(PathBuf, Vec<String>)> {
     let dir = target_dir().join("vm/appliance");
     let base = dir.join("primary.qcow2");
@@ -403,23 +710,12 @@ pub fn restored_primary(ctx: &Ctx, fresh: bool) -> Result<(PathBuf, Vec<String>)
         return Ok((base, Vec::new()));
     }
     let _ = fs::remove_file(&stamp);
-    let (raw, mut notes) = restore_onto(ctx, Instant::now() + LIMIT, appliance::DISK_MIB)?;
-    save_base(&raw, &base, &stamp, &current)?;
-    fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    let (restored, mut notes) = restore_onto(ctx, Instant::now() + LIMIT, appliance::DISK_MIB)?;
+    fs::rename(&restored, &base)
+        .with_context(|| format!("renaming {} to {}", restored.display(), base.display()))?;
+    fs::write(&stamp, &current).with_context(|| format!("writing {}", stamp.display()))?;
     notes.push(format!("cached as {}", base.display()));
     Ok((base, notes))
-}
-
-fn save_base(raw: &Path, base: &Path, stamp: &Path, key: &str) -> Result<()> {
-    let tmp = base.with_extension("qcow2.tmp");
-    Cmd::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(&tmp)
-        .output()
-        .context("converting the restored primary to qcow2")?;
-    fs::rename(&tmp, base).with_context(|| format!("renaming {}", tmp.display()))?;
-    fs::write(stamp, key).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// A qcow2 overlay over a qcow2 base.
@@ -441,17 +737,16 @@ fn same_size(ctx: &Ctx) -> Result<Vec<String>> {
     let (base, mut notes) = restored_primary(ctx, true)?;
     let overlay = ctx.dir.join("primary.qcow2");
     qcow2_overlay(&base, &overlay)?;
-    let disk = DiskSpec::virtio("primary", overlay, ImageFormat::Qcow2, PRIMARY_SERIAL);
+    let _scratch = Scratch(vec![overlay.clone()]);
+    let disk = DiskSpec::virtio("primary", &overlay, ImageFormat::Qcow2, RECORDED_SERIAL);
     notes.extend(boot_restored(ctx, deadline, disk)?);
     Ok(notes)
 }
 
 fn other_size(ctx: &Ctx, mib: u64) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
-    let (raw, mut notes) = restore_onto(ctx, deadline, mib)?;
-    let disk = DiskSpec::virtio("primary", &raw, ImageFormat::Raw, PRIMARY_SERIAL);
-    notes.extend(boot_restored(ctx, deadline, disk)?);
-    fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    let (restored, notes) = restore_onto(ctx, deadline, mib)?;
+    fs::remove_file(&restored).with_context(|| format!("removing {}", restored.display()))?;
     Ok(notes)
 }
 
@@ -474,12 +769,17 @@ fn ends(path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A byte flipped in the middle of the root archive: the restore fails in `verify`,
-/// and the target's first and last MiB (filled with a pattern) are unchanged.
+/// A byte flipped in the middle of the secondary's copy of the root archive: the
+/// console, booted through the chain, refuses the restore in `verify` with the
+/// reason on its screen, and the target's first and last MiB (filled with a pattern)
+/// are unchanged.
 fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     let img = appliance::image_disk()?;
+    let sec = secondary(ctx, &img, true)?;
+    let mut notes = sec.notes.clone();
     let primary = ctx.blank("primary.raw", appliance::DISK_MIB)?;
+    let _scratch = Scratch(vec![primary.clone()]);
     {
         let mut f = fs::OpenOptions::new().write(true).open(&primary)?;
         let pattern: Vec<u8> = b"UNDERSTUDY-UNTOUCHED-TARGET\n"
@@ -494,48 +794,43 @@ fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
         f.sync_all()?;
     }
     let before = ends(&primary)?;
-    let root_len = fs::metadata(img.image.join("root.tar.lzo"))?.len();
-    let disk = DiskSpec::virtio("primary", &primary, ImageFormat::Raw, PRIMARY_SERIAL);
-    let mut vm = recovery_shell(ctx, deadline, disk, &img)?;
-    type_line(
-        &vm,
-        &format!(
-            "printf '\\377' | dd of=/img/images/{}/root.tar.lzo bs=1 seek={} conv=notrunc 2>/dev/null; echo FLIPPED=$?",
-            appliance::IMAGE_ID,
-            root_len / 2
-        ),
-    )?;
-    vm.wait_for_text(re(r"FLIPPED=0")?, STEP)?;
+    let mut vm = chain_machine(ctx, deadline, &sec.disk, &primary)?;
+    notes.extend(console_first_screen(&vm, "has other data")?);
     let (_, screen, took) = console_restore(&vm, appliance::DISK_MIB)?;
     let failed = "Restore FAILED at step verify:";
     let Some(at) = screen.find(failed) else {
         bail!("the console did not refuse the corrupt image in verify:\n{screen}");
     };
-    // The reason is the line under the heading, inside the screen's frame.
+    // The reason is the paragraph under the heading, inside the screen's frame,
+    // wrapped at 80 columns: read it as one line.
     let reason = screen[at + failed.len()..]
         .lines()
-        .nth(1)
-        .map(|l| {
-            l.trim_matches(|c: char| c == '|' || c.is_whitespace())
-                .to_string()
-        })
-        .unwrap_or_default();
-    if reason.is_empty() {
-        bail!("the refusal gives no reason on the screen:\n{screen}");
+        .skip(1)
+        .map(|l| l.trim_matches(|c: char| c == '|' || c.is_whitespace()))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !reason.contains("root.tar.lzo") {
+        bail!("the refusal does not name the damaged archive on the screen:\n{screen}");
     }
     vm.send_key(Key::Enter)?;
     vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, STEP)?;
-    vm.send_keys("q")?;
-    vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
-    power_off(&mut vm)?;
+    vm.send_keys("p")?;
+    let down = vm.wait_shutdown(STEP)?;
+    if down.reason.as_deref() != Some("guest-shutdown") {
+        bail!(
+            "`p` on the console's status screen did not power off: QEMU ended with {:?}",
+            down.reason
+        );
+    }
+    drop(vm);
     if ends(&primary)? != before {
         bail!("the target's first or last MiB changed although the image was refused");
     }
-    Ok(vec![
-        format!(
-            "the console refused the corrupt image {} after the serial: \"{failed} {reason}\"",
-            secs(took)
-        ),
-        "the target's first and last MiB are unchanged".into(),
-    ])
+    notes.push(format!(
+        "the console refused the corrupt image {} after the serial: \"{failed} {reason}\"",
+        secs(took)
+    ));
+    notes.push("`p` powered off; the target's first and last MiB are unchanged".into());
+    Ok(notes)
 }
