@@ -411,6 +411,7 @@ fn engine(s: &mut State, e: EngineEvent) {
             p.total = total;
         }
         EngineEvent::Note(t) => lines.push(format!("restore: {t}")),
+        EngineEvent::CopiedBack(c) => lines.push(format!("restore: copied back: {c}")),
         EngineEvent::Unparsed(t) => lines.push(format!("restore said: {t}")),
         EngineEvent::Done => p.outcome = Some(Outcome::Done),
         EngineEvent::Failed { step, error } => {
