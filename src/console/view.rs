@@ -652,10 +652,16 @@ fn copy_back_page(s: &State, t: Theme) -> Page<'static> {
                 "Its filesystems by the layout of image {}.",
                 c.image.id
             )));
-            body.push(Line::from(format!(
-                "Emergency copy: {}",
-                s.situation.emergency
-            )));
+            let em = format!("Emergency copy: {}", s.situation.emergency);
+            if s.situation.emergency.is_ready() {
+                body.push(Line::from(em));
+            } else {
+                body.push(Line::styled(em, t.warn()));
+                body.push(Line::styled(
+                    "Copy back only if the appliance ran from this copy.",
+                    t.warn(),
+                ));
+            }
             body.push(Line::from(
                 "Paths remapped at expansion (fstab, GRUB) are left alone.",
             ));
@@ -922,6 +928,15 @@ mod tests {
             ("restore failed", failed),
             ("copy back, primary missing", send(missing(), keys("c\n"))),
             ("copy back", send(healthy.clone(), keys("c"))),
+            ("copy back, copy not marked ready", {
+                let mut f = fixtures::facts(vec![fixtures::primary(), fixtures::secondary()]);
+                f.env = Some(crate::boot::EnvRead::A {
+                    env: crate::boot::Env::with_emergency(None),
+                    b_problem: None,
+                });
+                let s = State::new(decide(f), Options::default(), Vec::new());
+                send(s, keys("c"))
+            }),
             (
                 "copy back confirm",
                 send(healthy.clone(), keys("c\nUS-PRIMARY-9\nUS-")),
@@ -995,6 +1010,11 @@ mod tests {
                         "layout of image 20261124T031500Z-pbx",
                         "Emergency copy: ready, image 20261120T031500Z-pbx",
                         "as its copy-back step",
+                        "[Enter] go on to the confirmation",
+                    ],
+                    "copy back, copy not marked ready" => &[
+                        "Emergency copy: NOT READY (marked not ready)",
+                        "Copy back only if the appliance ran from this copy.",
                         "[Enter] go on to the confirmation",
                     ],
                     "copy back confirm" => &[
