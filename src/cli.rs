@@ -75,23 +75,72 @@ Example:
         #[command(flatten)]
         threads: Threads,
     },
-    /// Copy what changed on the emergency copy since its expansion onto a restored root
-    #[command(after_help = "\
-Both trees must be mounted. Compares the emergency tree with its copy-back index (written
-at expansion; default EMERGENCY/var/lib/understudy/copy-back-index.jsonl), then removes
-what was deleted and writes what is new or changed into TARGET, never following a
-symlink out of it. Paths expansion remapped (fstab, GRUB files) are left alone; where
-TARGET differs from the indexed state, the emergency copy wins. See docs/copy-back.md.
+    /// Copy what changed on the emergency copy since its expansion onto the primary disk,
+    /// or onto a mounted root
+    #[command(
+        override_usage = "understudy copy-back --disk DISK --image IMAGE [--yes] [--progress FORMAT]\n       \
+                          understudy copy-back --emergency DIR --target DIR [--index FILE] [--dry-run] [--json]",
+        after_help = "\
+Two forms.
 
-Example:
-  understudy copy-back --emergency /mnt/emergency --target /mnt/root --dry-run")]
+--disk DISK --image IMAGE: onto a primary disk that came back healthy after the
+appliance ran from the emergency copy. Refuses the secondary and a disk in use, and
+an emergency copy without copy-back index; activates the LVs of IMAGE's layout if they
+are not active, finds the layout's filesystems (/, /boot, ...) on DISK by their UUIDs
+(refusing if one is missing), mounts them and the emergency filesystem (US-EMERGENCY,
+read-only), copies back, syncs, unmounts and deactivates what it activated. IMAGE is
+only read for its layout (the newest image is right). Without --yes it shows what
+changes on which disk (model, serial, size) and asks for the disk's serial number.
+--progress json prints one event per line on stdout, as restore does.
+
+--emergency DIR --target DIR: both trees already mounted. Compares the emergency
+tree with its copy-back index (written at expansion; default
+EMERGENCY/var/lib/understudy/copy-back-index.jsonl).
+
+Either way, copy-back removes what was deleted and writes what is new or changed,
+never following a symlink out of the target. Paths expansion remapped (fstab, GRUB
+files) are left alone; where the target differs from the indexed state, the emergency
+copy wins. See docs/copy-back.md.
+
+Examples:
+  understudy copy-back --disk /dev/sda --image /images/20261125T031500Z-appliance
+  understudy copy-back --emergency /mnt/emergency --target /mnt/root --dry-run"
+    )]
     CopyBack {
+        /// The primary disk to copy back onto (a whole disk)
+        #[arg(
+            long,
+            value_name = "DISK",
+            requires = "image",
+            conflicts_with_all = ["emergency", "target", "index", "dry_run", "json"]
+        )]
+        disk: Option<PathBuf>,
+        /// With --disk: the image directory whose layout names the disk's filesystems
+        #[arg(long, value_name = "IMAGE", requires = "disk")]
+        image: Option<PathBuf>,
+        /// With --disk: do not ask for the disk's serial number
+        #[arg(long, requires = "disk")]
+        yes: bool,
+        /// With --disk: `human` (stderr) or `json` (one event per line on stdout; needs
+        /// --yes) [default: human]
+        #[arg(long, value_name = "FORMAT", value_parser = ["human", "json"], requires = "disk")]
+        progress: Option<String>,
         /// The mounted emergency filesystem
-        #[arg(long, value_name = "DIR")]
-        emergency: PathBuf,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "disk",
+            requires = "target"
+        )]
+        emergency: Option<PathBuf>,
         /// The mounted restored root filesystem
-        #[arg(long, value_name = "DIR")]
-        target: PathBuf,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "disk",
+            requires = "emergency"
+        )]
+        target: Option<PathBuf>,
         /// The copy-back index [default: inside the emergency tree]
         #[arg(long, value_name = "FILE")]
         index: Option<PathBuf>,
@@ -532,11 +581,27 @@ fn run(cli: Cli) -> Result<()> {
             notes,
         }),
         Command::CopyBack {
-            emergency,
-            target,
+            disk: Some(disk),
+            image: Some(image),
+            yes,
+            progress,
+            ..
+        } => crate::restore::copyback_disk::run(&crate::restore::copyback_disk::Options {
+            disk,
+            image,
+            yes,
+            format: match progress.as_deref() {
+                Some("json") => crate::restore::Format::Json,
+                _ => crate::restore::Format::Human,
+            },
+        }),
+        Command::CopyBack {
+            emergency: Some(emergency),
+            target: Some(target),
             index,
             dry_run,
             json,
+            ..
         } => {
             let bar = Progress::new(!json, "copy-back", None);
             let outcome = crate::restore::copyback::copy_back(
@@ -554,6 +619,11 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{outcome}");
                 Ok(())
             }
+        }
+        Command::CopyBack { .. } => {
+            anyhow::bail!(
+                "copy-back needs --disk DISK --image IMAGE, or --emergency DIR --target DIR"
+            )
         }
         Command::Disks { json } => {
             let inv = crate::disk::inventory(&crate::disk::Sources::system());

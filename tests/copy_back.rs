@@ -604,3 +604,103 @@ fn the_command_line_plans_with_dry_run_and_applies_without() {
         "line 1\nline 2\n"
     );
 }
+
+#[test]
+fn the_disk_form_stands_apart_and_refuses_before_it_touches_anything() {
+    let s = Scratch::new("copy-back-disk");
+    let limit = std::time::Duration::from_secs(120);
+    let run = |args: &[&str]| common::understudy_in(&s.path, args, limit);
+
+    // The two forms exclude each other, and each needs its pair (clap: exit 2).
+    for args in [
+        &[
+            "copy-back",
+            "--disk",
+            "/dev/null",
+            "--image",
+            "i",
+            "--emergency",
+            "e",
+        ][..],
+        &[
+            "copy-back",
+            "--disk",
+            "/dev/null",
+            "--image",
+            "i",
+            "--dry-run",
+        ],
+        &["copy-back", "--disk", "/dev/null"],
+        &["copy-back", "--image", "i"],
+        &["copy-back", "--emergency", "e"],
+        &["copy-back", "--emergency", "e", "--target", "t", "--yes"],
+        &["copy-back"],
+    ] {
+        let r = run(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.text());
+    }
+    let help = run(&["copy-back", "--help"]);
+    for form in [
+        "copy-back --disk DISK --image IMAGE [--yes]",
+        "copy-back --emergency DIR --target DIR",
+        "asks for the disk's serial number",
+    ] {
+        assert!(
+            help.stdout.contains(form),
+            "no {form:?} in\n{}",
+            help.stdout
+        );
+    }
+
+    // The JSON stream is for a caller that asked for the serial itself.
+    let r = run(&[
+        "copy-back",
+        "--disk",
+        "/dev/null",
+        "--image",
+        "i",
+        "--progress",
+        "json",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.text());
+    assert!(r.stderr.contains("needs --yes"), "{}", r.text());
+
+    // Not a whole disk: refused in the refuse step, the file untouched.
+    let disk = s.join("disk.img");
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&disk, &pattern).unwrap();
+    let r = run(&[
+        "copy-back",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--image",
+        "i",
+        "--yes",
+        "--progress",
+        "json",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.text());
+    let events: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events[0],
+        serde_json::json!({"event": "phase", "step": "refuse", "point_of_no_return": false}),
+        "{}",
+        r.text()
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "failed", "{}", r.text());
+    assert_eq!(last["step"], "refuse", "{}", r.text());
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a block device"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(fs::read(&disk).unwrap(), pattern);
+}

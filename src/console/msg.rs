@@ -1,12 +1,12 @@
 //! Everything that can happen to the console, as one closed enum: keys, clock ticks,
-//! the restore engine's events (parsed from its JSON lines), and the results of
-//! effects the executor carried out.
+//! the events of the restore or copy-back child (parsed from its JSON lines), and the
+//! results of effects the executor carried out.
 //!
 //! Does not own: reading keys or lines (`run`), acting on messages (`update`).
 
 use std::time::Duration;
 
-use crate::restore::events::Event;
+use crate::restore::events::{CopiedBack, Event};
 
 use crate::recovery::situation::Situation;
 
@@ -23,7 +23,8 @@ pub enum Key {
     Other,
 }
 
-/// One event of `understudy restore --progress=json` (`docs/console.md`).
+/// One event of `understudy restore --progress=json` or `understudy copy-back --disk
+/// ... --progress=json` (`docs/console.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
     Phase {
@@ -36,6 +37,8 @@ pub enum EngineEvent {
         total: u64,
     },
     Note(String),
+    /// What the copy-back step did.
+    CopiedBack(CopiedBack),
     Done,
     Failed {
         step: String,
@@ -68,6 +71,7 @@ impl EngineEvent {
                 total,
             },
             Ok(Event::Note { text }) => EngineEvent::Note(text),
+            Ok(Event::CopiedBack(c)) => EngineEvent::CopiedBack(c),
             Ok(Event::Done) => EngineEvent::Done,
             Ok(Event::Failed { step, error }) => EngineEvent::Failed {
                 step: step.name().into(),
@@ -125,6 +129,17 @@ mod tests {
             (
                 r#"{"event":"note","text":"fstab remapped"}"#,
                 EngineEvent::Note("fstab remapped".into()),
+            ),
+            (
+                r#"{"event":"copied-back","new":3,"changed":2,"type_changed":0,"deleted":1,"bytes":4096,"notes":0}"#,
+                EngineEvent::CopiedBack(CopiedBack {
+                    new: 3,
+                    changed: 2,
+                    type_changed: 0,
+                    deleted: 1,
+                    bytes: 4096,
+                    notes: 0,
+                }),
             ),
             (r#"{"event":"done"}"#, EngineEvent::Done),
             (

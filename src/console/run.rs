@@ -2,13 +2,14 @@
 //! 80x24 when the line reports no size, output mirrored to the VGA console under
 //! PID 1), runs the loop (keys, a clock tick, messages from worker threads, a look at
 //! `/sys/block` for disks coming and going), and carries the effects out: gathering
-//! the situation, the restore child process and its JSON stream, SIGTERM to cancel
-//! it, verifying images, kexec of the emergency copy, reboot, power off, a shell.
+//! the situation, the restore or copy-back child process and its JSON stream, SIGTERM
+//! to cancel it, verifying images, kexec of the emergency copy, reboot, power off, a
+//! shell.
 //!
 //! Does not own: any decision (`update`), any drawing (`view`), the facts
 //! (`recovery::gather`), supervising the console (`init::supervise`).
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -205,7 +206,8 @@ struct World {
     sources: gather::Sources,
     images_mount: Option<MountGuard>,
     tx: Sender<Msg>,
-    restore: Option<u32>,
+    /// The pid of the restore or copy-back child while it runs.
+    engine: Option<u32>,
 }
 
 impl World {
@@ -237,7 +239,7 @@ pub fn main(cfg: Config) -> Result<()> {
         sources,
         images_mount: None,
         tx,
-        restore: None,
+        engine: None,
     };
     let situation = world.situation();
     let state = State::new(situation, opts, notes);
@@ -300,7 +302,7 @@ fn event_loop(
         }
         msgs.extend(rx.try_iter());
         msgs.push(Msg::Tick(started.elapsed()));
-        if disks_at.elapsed() >= DISKS_EVERY && world.restore.is_none() {
+        if disks_at.elapsed() >= DISKS_EVERY && world.engine.is_none() {
             disks_at = Instant::now();
             let now = block_devices();
             if now != disks {
@@ -310,7 +312,7 @@ fn event_loop(
         }
         for m in msgs {
             if let Msg::Engine(EngineEvent::Exited { .. }) = &m {
-                world.restore = None;
+                world.engine = None;
             }
             let (next, effects) = update(state, m);
             state = next;
@@ -395,26 +397,32 @@ fn carry_out(
             }
         }
         Effect::StartRestore { image, target } => {
-            match start_restore(&image, &target, tx.clone()) {
-                Ok(pid) => world.restore = Some(pid),
-                Err(e) => {
-                    let _ = tx.send(Msg::Engine(EngineEvent::Failed {
-                        step: "start".into(),
-                        error: format!("{e:#}"),
-                    }));
-                    let _ = tx.send(Msg::Engine(EngineEvent::Exited {
-                        code: None,
-                        stderr: String::new(),
-                    }));
-                }
-            }
+            let args = [
+                OsStr::new("restore"),
+                image.as_os_str(),
+                OsStr::new("--target"),
+                target.as_os_str(),
+            ];
+            start_engine(world, &args);
         }
-        Effect::CancelRestore => {
-            if let Some(pid) = world.restore
+        Effect::CopyBack { image, disk } => {
+            let args = [
+                OsStr::new("copy-back"),
+                OsStr::new("--disk"),
+                disk.as_os_str(),
+                OsStr::new("--image"),
+                image.as_os_str(),
+            ];
+            start_engine(world, &args);
+        }
+        Effect::Cancel => {
+            if let Some(pid) = world.engine
                 && let Ok(raw) = i32::try_from(pid)
                 && let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM)
             {
-                let _ = tx.send(Msg::EffectFailed(format!("SIGTERM to the restore: {e}")));
+                let _ = tx.send(Msg::EffectFailed(format!(
+                    "SIGTERM to the running job: {e}"
+                )));
             }
         }
         Effect::Verify(list) => {
@@ -516,16 +524,30 @@ fn load_emergency(plan: &EmergencyBoot, inv: &Inventory) -> Result<()> {
     Ok(())
 }
 
-/// Starts `understudy restore IMAGE --target DISK --yes --progress=json` (this very
-/// binary); its events go to `tx`, the last one [`EngineEvent::Exited`]. Returns its pid.
-fn start_restore(image: &Path, target: &Path, tx: Sender<Msg>) -> Result<u32> {
+/// Starts this very binary with `args` and `--yes --progress=json` (a restore or a
+/// copy-back) and remembers its pid; its events go to the loop, the last one
+/// [`EngineEvent::Exited`]. When it cannot start, says so as a failed job.
+fn start_engine(world: &mut World, args: &[&OsStr]) {
+    match spawn_engine(args, world.tx.clone()) {
+        Ok(pid) => world.engine = Some(pid),
+        Err(e) => {
+            let _ = world.tx.send(Msg::Engine(EngineEvent::Failed {
+                step: "start".into(),
+                error: format!("{e:#}"),
+            }));
+            let _ = world.tx.send(Msg::Engine(EngineEvent::Exited {
+                code: None,
+                stderr: String::new(),
+            }));
+        }
+    }
+}
+
+/// Spawns this binary with `args --yes --progress=json`; a thread sends each line of
+/// its standard output as an [`EngineEvent`] to `tx`, then its exit. Returns its pid.
+fn spawn_engine(args: &[&OsStr], tx: Sender<Msg>) -> Result<u32> {
     let exe = std::env::current_exe().context("finding this program")?;
-    let cmd = Cmd::new(exe)
-        .arg("restore")
-        .arg(image)
-        .arg("--target")
-        .arg(target)
-        .args(["--yes", "--progress=json"]);
+    let cmd = Cmd::new(exe).args(args).args(["--yes", "--progress=json"]);
     let mut child = cmd.spawn_piped()?;
     let pid = child.id();
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {

@@ -1,5 +1,6 @@
 //! The console's whole state as a value: the situation, the screen shown and what it
-//! holds (choices, typed text, restore progress), the clock, the log.
+//! holds (choices, typed text, the progress of a restore or copy-back), the clock, the
+//! log.
 //!
 //! Does not own: changing it (`update`), drawing it (`view`).
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use crate::recovery::images::ImageView;
 use crate::recovery::situation::{Situation, Target};
+use crate::restore::events::{CopiedBack, Operation};
 
 /// How long the automatic boot of the emergency copy waits for a key.
 pub const COUNTDOWN: Duration = Duration::from_secs(10);
@@ -24,11 +26,19 @@ pub struct Options {
     pub color: bool,
 }
 
-/// A restore under way.
+/// A child process that writes a disk: a restore of `image` onto `target`, or a
+/// copy-back onto `target` (the primary) with the filesystems of `image`'s layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
+pub struct Job {
+    pub op: Operation,
     pub image: ImageView,
     pub target: Target,
+}
+
+/// A job under way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub job: Job,
     /// The engine's current step, and when (console time) it started.
     pub step: String,
     pub step_started: Duration,
@@ -39,9 +49,11 @@ pub struct Progress {
     pub cancelling: bool,
     /// The engine's own outcome line, once it said it.
     pub outcome: Option<Outcome>,
+    /// What the copy-back step did, once it said it.
+    pub copied: Option<CopiedBack>,
 }
 
-/// How a restore ended.
+/// How a job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Done,
@@ -74,19 +86,21 @@ pub enum Screen {
         image: ImageView,
         target: Target,
     },
-    /// Typing the target's serial number; `refused` says what was typed wrong last.
-    RestoreConfirm {
-        image: ImageView,
-        target: Target,
+    /// Typing the job's disk's serial number; `refused` says what was typed wrong last.
+    Confirm {
+        job: Job,
         typed: String,
         refused: Option<String>,
     },
-    Restoring(Box<Progress>),
-    RestoreResult {
-        image: String,
-        target: Target,
+    Running(Box<Progress>),
+    /// How a job ended; `written` whether it went past its point of no return.
+    Result {
+        job: Job,
         outcome: Outcome,
+        written: bool,
+        copied: Option<CopiedBack>,
     },
+    /// Copy back onto the primary: whether it is possible now, and onto what.
     CopyBack,
     Verify,
     Import,
@@ -149,8 +163,8 @@ impl State {
         }
     }
 
-    /// Whether the restore under way may still be cancelled.
+    /// Whether the job under way may still be cancelled.
     pub fn can_cancel(&self) -> bool {
-        matches!(&self.screen, Screen::Restoring(p) if p.no_return_at.is_none() && p.outcome.is_none())
+        matches!(&self.screen, Screen::Running(p) if p.no_return_at.is_none() && p.outcome.is_none())
     }
 }

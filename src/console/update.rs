@@ -1,15 +1,17 @@
 //! The console's logic: `update(State, Msg) -> (State, Vec<Effect>)`, pure. Keys move
-//! between screens; the only effect that writes a disk ([`Effect::StartRestore`])
-//! comes from the confirmation screen after the target's serial number was typed.
+//! between screens; the only effects that write a disk ([`Effect::StartRestore`],
+//! [`Effect::CopyBack`]) come from the confirmation screen after the disk's serial
+//! number was typed.
 //!
 //! Does not own: carrying effects out (`run`), drawing (`view`).
 
 use std::path::PathBuf;
 
 use super::msg::{EngineEvent, Key, Msg};
-use super::state::{Outcome, Progress, Screen, State};
+use super::state::{Job, Outcome, Progress, Screen, State};
 use crate::recovery::emergency::EmergencyBoot;
 use crate::recovery::situation::EmergencyState;
+use crate::restore::events::Operation;
 
 /// What the executor is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +33,14 @@ pub enum Effect {
         image: PathBuf,
         target: PathBuf,
     },
-    /// SIGTERM to the restore (only before the point of no return).
-    CancelRestore,
+    /// Run `understudy copy-back --disk DISK --image IMAGE --yes --progress=json`; its
+    /// events come as [`Msg::Engine`].
+    CopyBack {
+        image: PathBuf,
+        disk: PathBuf,
+    },
+    /// SIGTERM to the running job (only before its point of no return).
+    Cancel,
     /// Check these images' archives; a [`Msg::Verified`] for each.
     Verify(Vec<(String, PathBuf)>),
     /// End the console (PID 1 starts it again).
@@ -231,53 +239,73 @@ fn key(s: &mut State, k: Key, fx: &mut Vec<Effect>) {
         },
         Screen::RestorePlan { image, target } => match k {
             Key::Esc => Screen::RestoreTarget { image, sel: 0 },
-            Key::Enter => Screen::RestoreConfirm {
-                image,
-                target,
+            Key::Enter => Screen::Confirm {
+                job: Job {
+                    op: Operation::Restore,
+                    image,
+                    target,
+                },
                 typed: String::new(),
                 refused: None,
             },
             _ => Screen::RestorePlan { image, target },
         },
-        Screen::RestoreConfirm {
-            image,
-            target,
+        Screen::Confirm {
+            job,
             mut typed,
             refused,
         } => match k {
-            Key::Esc => Screen::RestorePlan { image, target },
+            Key::Esc => match job.op {
+                Operation::Restore => Screen::RestorePlan {
+                    image: job.image,
+                    target: job.target,
+                },
+                Operation::CopyBack => Screen::CopyBack,
+            },
             Key::Backspace => {
                 typed.pop();
-                Screen::RestoreConfirm {
-                    image,
-                    target,
+                Screen::Confirm {
+                    job,
                     typed,
                     refused,
                 }
             }
             Key::Char(c) if !c.is_control() && typed.chars().count() < 64 => {
                 typed.push(c);
-                Screen::RestoreConfirm {
-                    image,
-                    target,
+                Screen::Confirm {
+                    job,
                     typed,
                     refused,
                 }
             }
-            Key::Enter if typed == target.confirm_word() => {
-                s.log(format!(
-                    "restore {} onto {} (serial {}) confirmed",
-                    image.id,
-                    target.disk,
-                    target.serial.as_deref().unwrap_or("-")
-                ));
-                fx.push(Effect::StartRestore {
-                    image: image.dir.clone(),
-                    target: target.path.clone(),
-                });
-                Screen::Restoring(Box::new(Progress {
-                    image,
-                    target,
+            Key::Enter if typed == job.target.confirm_word() => {
+                let serial = job.target.serial.as_deref().unwrap_or("-");
+                let (line, effect) = match job.op {
+                    Operation::Restore => (
+                        format!(
+                            "restore {} onto {} (serial {serial}) confirmed",
+                            job.image.id, job.target.disk
+                        ),
+                        Effect::StartRestore {
+                            image: job.image.dir.clone(),
+                            target: job.target.path.clone(),
+                        },
+                    ),
+                    Operation::CopyBack => (
+                        format!(
+                            "copy-back onto {} (serial {serial}) with the layout of {} confirmed",
+                            job.target.disk, job.image.id
+                        ),
+                        Effect::CopyBack {
+                            image: job.image.dir.clone(),
+                            disk: job.target.path.clone(),
+                        },
+                    ),
+                };
+                s.log(line);
+                fx.push(effect);
+                Screen::Running(Box::new(Progress {
+                    job,
                     step: "starting".into(),
                     step_started: s.now,
                     done: 0,
@@ -285,28 +313,28 @@ fn key(s: &mut State, k: Key, fx: &mut Vec<Effect>) {
                     no_return_at: None,
                     cancelling: false,
                     outcome: None,
+                    copied: None,
                 }))
             }
             Key::Enter => {
                 s.log(format!(
-                    "restore refused: typed {typed:?}, the disk's serial is {:?}",
-                    target.confirm_word()
+                    "{} refused: typed {typed:?}, the disk's serial is {:?}",
+                    job.op.name(),
+                    job.target.confirm_word()
                 ));
-                Screen::RestoreConfirm {
-                    image,
-                    target,
+                Screen::Confirm {
+                    job,
                     typed: String::new(),
                     refused: Some(typed),
                 }
             }
-            _ => Screen::RestoreConfirm {
-                image,
-                target,
+            _ => Screen::Confirm {
+                job,
                 typed,
                 refused,
             },
         },
-        Screen::Restoring(mut p) => {
+        Screen::Running(mut p) => {
             if matches!(k, Key::Char('c' | 'C') | Key::Esc) && p.outcome.is_none() {
                 if p.cancelling {
                 } else if let Some(at) = &p.no_return_at {
@@ -319,34 +347,73 @@ fn key(s: &mut State, k: Key, fx: &mut Vec<Effect>) {
                 } else {
                     s.log(format!("cancel asked during step {}", p.step));
                     p.cancelling = true;
-                    fx.push(Effect::CancelRestore);
+                    fx.push(Effect::Cancel);
                 }
             }
-            Screen::Restoring(p)
+            Screen::Running(p)
         }
-        Screen::RestoreResult {
-            image,
-            target,
+        Screen::Result {
+            job,
             outcome,
+            written,
+            copied,
         } => match k {
             Key::Char('r' | 'R') if outcome == Outcome::Done => {
-                s.log("reboot into the restored primary");
+                s.log(match job.op {
+                    Operation::Restore => "reboot into the restored primary",
+                    Operation::CopyBack => "reboot into the primary",
+                });
                 fx.push(Effect::Reboot);
-                Screen::RestoreResult {
-                    image,
-                    target,
+                Screen::Result {
+                    job,
                     outcome,
+                    written,
+                    copied,
                 }
             }
             Key::Enter | Key::Esc => {
                 fx.push(Effect::Refresh);
                 Screen::Status
             }
-            _ => Screen::RestoreResult {
-                image,
-                target,
+            // The result screens offer the log: every note the job wrote is there.
+            Key::Char('l' | 'L') => {
+                fx.push(Effect::Refresh);
+                Screen::Log
+            }
+            _ => Screen::Result {
+                job,
                 outcome,
+                written,
+                copied,
             },
+        },
+        Screen::CopyBack => match k {
+            Key::Enter => match s.situation.copy_back() {
+                Ok(c) => {
+                    s.message = None;
+                    Screen::Confirm {
+                        job: Job {
+                            op: Operation::CopyBack,
+                            image: c.image,
+                            target: c.target,
+                        },
+                        typed: String::new(),
+                        refused: None,
+                    }
+                }
+                Err(why) => {
+                    s.log(format!("copy-back not possible: {why}"));
+                    s.message = Some(why);
+                    Screen::CopyBack
+                }
+            },
+            Key::Esc => Screen::Status,
+            Key::Char(_) => {
+                s.screen = Screen::Status;
+                status_key(s, k, fx);
+                return;
+            }
+            _ => Screen::CopyBack,
         },
         Screen::Verify => match k {
             Key::Enter => {
@@ -367,7 +434,7 @@ fn key(s: &mut State, k: Key, fx: &mut Vec<Effect>) {
             Key::Esc => Screen::Status,
             _ => Screen::Verify,
         },
-        Screen::CopyBack | Screen::Import | Screen::Log => match k {
+        Screen::Import | Screen::Log => match k {
             Key::Esc | Key::Enter => Screen::Status,
             Key::Char(_) => {
                 s.screen = Screen::Status;
@@ -381,10 +448,11 @@ fn key(s: &mut State, k: Key, fx: &mut Vec<Effect>) {
 
 fn engine(s: &mut State, e: EngineEvent) {
     let now = s.now;
-    let Screen::Restoring(p) = &mut s.screen else {
-        s.log(format!("restore engine (no restore shown): {e:?}"));
+    let Screen::Running(p) = &mut s.screen else {
+        s.log(format!("engine event with no job shown: {e:?}"));
         return;
     };
+    let op = p.job.op.name();
     let mut lines = Vec::new();
     let mut finished = None;
     match e {
@@ -392,9 +460,9 @@ fn engine(s: &mut State, e: EngineEvent) {
             step,
             point_of_no_return,
         } => {
-            lines.push(format!("restore: step {step}"));
+            lines.push(format!("{op}: step {step}"));
             if point_of_no_return && p.no_return_at.is_none() {
-                lines.push(format!("restore: point of no return at {step}"));
+                lines.push(format!("{op}: point of no return at {step}"));
                 p.no_return_at = Some(step.clone());
             }
             p.step = step;
@@ -410,8 +478,12 @@ fn engine(s: &mut State, e: EngineEvent) {
             p.done = done;
             p.total = total;
         }
-        EngineEvent::Note(t) => lines.push(format!("restore: {t}")),
-        EngineEvent::Unparsed(t) => lines.push(format!("restore said: {t}")),
+        EngineEvent::Note(t) => lines.push(format!("{op}: {t}")),
+        EngineEvent::CopiedBack(c) => {
+            lines.push(format!("{op}: copied back: {c}"));
+            p.copied = Some(c);
+        }
+        EngineEvent::Unparsed(t) => lines.push(format!("{op} said: {t}")),
         EngineEvent::Done => p.outcome = Some(Outcome::Done),
         EngineEvent::Failed { step, error } => {
             p.outcome = Some(if p.cancelling && p.no_return_at.is_none() {
@@ -430,30 +502,48 @@ fn engine(s: &mut State, e: EngineEvent) {
                 (None, code) => Outcome::Failed {
                     step: p.step.clone(),
                     error: match code {
-                        Some(c) => format!("the restore exited with code {c}: {stderr}"),
-                        None => format!("the restore was killed: {stderr}"),
+                        Some(c) => format!("the {op} exited with code {c}: {stderr}"),
+                        None => format!("the {op} was killed: {stderr}"),
                     },
                 },
             };
-            finished = Some((p.image.id.clone(), p.target.clone(), outcome));
+            finished = Some(Screen::Result {
+                job: p.job.clone(),
+                outcome,
+                written: p.no_return_at.is_some(),
+                copied: p.copied.clone(),
+            });
         }
     }
     for l in lines {
         s.log(l);
     }
-    if let Some((image, target, outcome)) = finished {
-        s.log(match &outcome {
-            Outcome::Done => format!("restore of {image} onto {} complete", target.disk),
-            Outcome::Failed { step, error } => {
-                format!("restore FAILED at step {step}: {error}")
-            }
-            Outcome::Cancelled { step } => format!("restore cancelled during step {step}"),
-        });
-        s.screen = Screen::RestoreResult {
-            image,
-            target,
+    if let Some(result) = finished {
+        if let Screen::Result {
+            job,
             outcome,
-        };
+            copied,
+            ..
+        } = &result
+        {
+            let disk = &job.target.disk;
+            s.log(match (outcome, job.op) {
+                (Outcome::Done, Operation::Restore) => {
+                    format!("restore of {} onto {disk} complete", job.image.id)
+                }
+                (Outcome::Done, Operation::CopyBack) => match copied {
+                    Some(c) => format!("copy-back onto {disk} complete: {c}"),
+                    None => format!("copy-back onto {disk} complete"),
+                },
+                (Outcome::Failed { step, error }, op) => {
+                    format!("{} FAILED at step {step}: {error}", op.name())
+                }
+                (Outcome::Cancelled { step }, op) => {
+                    format!("{} cancelled during step {step}", op.name())
+                }
+            });
+        }
+        s.screen = result;
     }
 }
 
@@ -472,6 +562,22 @@ mod tests {
             fixtures::secondary(),
         ]));
         State::new(sit, Options { auto, color: true }, Vec::new())
+    }
+
+    /// Primary back and healthy, the emergency copy ready: copy-back is possible.
+    fn healthy() -> State {
+        let sit = decide(fixtures::facts(vec![
+            fixtures::primary(),
+            fixtures::secondary(),
+        ]));
+        State::new(
+            sit,
+            Options {
+                auto: false,
+                color: true,
+            },
+            Vec::new(),
+        )
     }
 
     fn run(mut s: State, msgs: impl IntoIterator<Item = Msg>) -> (State, Vec<Effect>) {
@@ -500,11 +606,7 @@ mod tests {
             ],
         );
         assert!(fx.is_empty(), "{fx:?}");
-        assert!(
-            matches!(s.screen, Screen::RestoreConfirm { .. }),
-            "{:?}",
-            s.screen
-        );
+        assert!(matches!(s.screen, Screen::Confirm { .. }), "{:?}", s.screen);
         s
     }
 
@@ -521,10 +623,13 @@ mod tests {
                 target: "/dev/vdc".into(),
             }]
         );
-        let Screen::Restoring(p) = &s.screen else {
+        let Screen::Running(p) = &s.screen else {
             panic!("{:?}", s.screen)
         };
-        assert_eq!(p.image.id, "20261124T031500Z-pbx", "the newest image first");
+        assert_eq!(
+            p.job.image.id, "20261124T031500Z-pbx",
+            "the newest image first"
+        );
     }
 
     #[test]
@@ -536,7 +641,7 @@ mod tests {
         msgs.push(Msg::Key(Key::Enter));
         let (s, fx) = run(s, msgs);
         assert!(fx.is_empty(), "{fx:?}");
-        let Screen::RestoreConfirm { typed, refused, .. } = &s.screen else {
+        let Screen::Confirm { typed, refused, .. } = &s.screen else {
             panic!("{:?}", s.screen)
         };
         assert_eq!(typed, "");
@@ -551,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn no_screen_but_the_confirmation_starts_a_restore() {
+    fn no_screen_but_the_confirmation_writes_a_disk() {
         // Every key on every screen reachable without typing the serial.
         let all_keys: Vec<Key> = "etcvulirpsq0123456789abcdefghjkmnowxyz"
             .chars()
@@ -565,7 +670,7 @@ mod tests {
                 Key::Other,
             ])
             .collect();
-        let mut frontier = vec![missing(false)];
+        let mut frontier = vec![missing(false), healthy()];
         let mut seen = 0;
         while let Some(s) = frontier.pop() {
             seen += 1;
@@ -577,14 +682,12 @@ mod tests {
                 let (n, fx) = update(s.clone(), Msg::Key(k));
                 for e in &fx {
                     assert!(
-                        !matches!(e, Effect::StartRestore { .. }),
-                        "{k:?} on {before:?} started a restore"
+                        !matches!(e, Effect::StartRestore { .. } | Effect::CopyBack { .. }),
+                        "{k:?} on {before:?} started {e:?}"
                     );
                 }
-                if !matches!(
-                    n.screen,
-                    Screen::RestoreConfirm { .. } | Screen::Restoring(_)
-                ) && std::mem::discriminant(&n.screen) != std::mem::discriminant(&before)
+                if !matches!(n.screen, Screen::Confirm { .. } | Screen::Running(_))
+                    && std::mem::discriminant(&n.screen) != std::mem::discriminant(&before)
                 {
                     frontier.push(n);
                 }
@@ -699,7 +802,7 @@ mod tests {
             restoring(),
             [phase("verify", false), Msg::Key(Key::Char('c'))],
         );
-        assert_eq!(fx, [Effect::CancelRestore]);
+        assert_eq!(fx, [Effect::Cancel]);
         // The engine stops: the result says cancelled.
         let (s, _) = run(
             s,
@@ -716,7 +819,7 @@ mod tests {
         );
         assert!(matches!(
             &s.screen,
-            Screen::RestoreResult { outcome: Outcome::Cancelled { step }, .. } if step == "verify"
+            Screen::Result { outcome: Outcome::Cancelled { step }, .. } if step == "verify"
         ));
 
         let (s, fx) = run(
@@ -751,17 +854,27 @@ mod tests {
                 }),
             ],
         );
+        let Screen::Result {
+            job,
+            outcome,
+            written,
+            copied,
+        } = &s.screen
+        else {
+            panic!("{:?}", s.screen)
+        };
+        assert_eq!(job.op, Operation::Restore);
+        assert_eq!(job.image.id, "20261124T031500Z-pbx");
+        assert_eq!(job.target, s.situation.targets[0]);
         assert_eq!(
-            s.screen,
-            Screen::RestoreResult {
-                image: "20261124T031500Z-pbx".into(),
-                target: s.situation.targets[0].clone(),
-                outcome: Outcome::Failed {
-                    step: "mkfs".into(),
-                    error: "mkfs.ext4 /dev/vdc2: exit 1".into()
-                }
+            outcome,
+            &Outcome::Failed {
+                step: "mkfs".into(),
+                error: "mkfs.ext4 /dev/vdc2: exit 1".into()
             }
         );
+        assert!(written);
+        assert_eq!(copied, &None);
         // A crash with no failed line still ends in a result naming the step.
         let (s, _) = run(
             restoring(),
@@ -775,7 +888,7 @@ mod tests {
         );
         assert!(matches!(
             &s.screen,
-            Screen::RestoreResult { outcome: Outcome::Failed { step, error }, .. }
+            Screen::Result { outcome: Outcome::Failed { step, error }, .. }
                 if step == "extract" && error.contains("killed")
         ));
     }
@@ -796,7 +909,7 @@ mod tests {
         assert_eq!(fx, [Effect::Reboot]);
         assert!(matches!(
             s.screen,
-            Screen::RestoreResult {
+            Screen::Result {
                 outcome: Outcome::Done,
                 ..
             }
@@ -877,5 +990,213 @@ mod tests {
         );
         assert_eq!(s.verifying, 0);
         assert!(s.log.iter().any(|l| l.contains("FAILED: root.tar.lzo")));
+    }
+
+    /// Status → copy back → its confirmation.
+    fn to_copy_back_confirm() -> State {
+        let (s, fx) = run(healthy(), [Msg::Key(Key::Char('c')), Msg::Key(Key::Enter)]);
+        assert!(fx.is_empty(), "{fx:?}");
+        s
+    }
+
+    #[test]
+    fn copy_back_starts_only_once_the_primarys_serial_is_typed() {
+        let s = to_copy_back_confirm();
+        let Screen::Confirm {
+            job,
+            typed,
+            refused,
+        } = &s.screen
+        else {
+            panic!("{:?}", s.screen)
+        };
+        assert_eq!(job.op, Operation::CopyBack);
+        assert_eq!(job.target.disk, "vda");
+        assert_eq!(
+            job.image.id, "20261124T031500Z-pbx",
+            "the newest image's layout"
+        );
+        assert!(typed.is_empty() && refused.is_none());
+
+        // A wrong serial is refused, and nothing starts.
+        let mut msgs = keys("US-PRIMARY-0002");
+        msgs.push(Msg::Key(Key::Enter));
+        let (s, fx) = run(s, msgs);
+        assert!(fx.is_empty(), "{fx:?}");
+        let Screen::Confirm { typed, refused, .. } = &s.screen else {
+            panic!("{:?}", s.screen)
+        };
+        assert_eq!(typed, "");
+        assert_eq!(refused.as_deref(), Some("US-PRIMARY-0002"));
+        assert!(
+            s.log
+                .iter()
+                .any(|l| l.contains("copy-back refused: typed \"US-PRIMARY-0002\""))
+        );
+
+        // The right one starts exactly one copy-back, onto the primary.
+        let mut msgs = keys("US-PRIMARY-0001");
+        msgs.push(Msg::Key(Key::Enter));
+        let (s, fx) = run(s, msgs);
+        assert_eq!(
+            fx,
+            [Effect::CopyBack {
+                image: "/run/understudy/images/20261124T031500Z-pbx".into(),
+                disk: "/dev/vda".into(),
+            }]
+        );
+        let Screen::Running(p) = &s.screen else {
+            panic!("{:?}", s.screen)
+        };
+        assert_eq!(p.job.op, Operation::CopyBack);
+        // Esc on the confirmation goes back to the copy-back screen.
+        let (s, fx) = run(to_copy_back_confirm(), [Msg::Key(Key::Esc)]);
+        assert!(fx.is_empty());
+        assert_eq!(s.screen, Screen::CopyBack);
+    }
+
+    #[test]
+    fn copy_back_is_refused_with_the_reason_when_it_cannot_be_done() {
+        let mut bad = fixtures::primary();
+        bad.state = Readability::IoError("Input/output error".into());
+        let unreadable = State::new(
+            decide(fixtures::facts(vec![bad, fixtures::secondary()])),
+            Options::default(),
+            Vec::new(),
+        );
+        let mut no_emergency = fixtures::secondary();
+        no_emergency.partitions.retain(|p| p.number != 4);
+        let no_copy = State::new(
+            decide(fixtures::facts(vec![fixtures::primary(), no_emergency])),
+            Options::default(),
+            Vec::new(),
+        );
+        let cases = [
+            (
+                missing(false),
+                "the primary is missing: restore instead ([t])",
+            ),
+            (
+                unreadable,
+                "is unreadable (I/O error: Input/output error): restore instead",
+            ),
+            (no_copy, "no emergency copy"),
+        ];
+        for (s, why) in cases {
+            let (s, fx) = run(s, [Msg::Key(Key::Char('c')), Msg::Key(Key::Enter)]);
+            assert!(fx.is_empty(), "{why}: {fx:?}");
+            assert_eq!(s.screen, Screen::CopyBack, "{why}");
+            let m = s.message.as_deref().unwrap_or_default();
+            assert!(m.contains(why), "{m:?} does not say {why:?}");
+            assert!(s.log.iter().any(|l| l.contains("copy-back not possible")));
+        }
+    }
+
+    fn copying_back() -> State {
+        let mut msgs = keys("US-PRIMARY-0001");
+        msgs.push(Msg::Key(Key::Enter));
+        run(to_copy_back_confirm(), msgs).0
+    }
+
+    #[test]
+    fn a_copy_back_ends_with_what_it_copied_or_where_it_failed() {
+        let copied = crate::restore::events::CopiedBack {
+            new: 3,
+            changed: 2,
+            type_changed: 0,
+            deleted: 1,
+            bytes: 4096,
+            notes: 0,
+        };
+        let (s, fx) = run(
+            copying_back(),
+            [
+                phase("refuse", false),
+                phase("lvm", false),
+                phase("mount", false),
+                phase("copy-back", true),
+                Msg::Engine(EngineEvent::CopiedBack(copied.clone())),
+                phase("sync", true),
+                Msg::Engine(EngineEvent::Done),
+                Msg::Engine(EngineEvent::Exited {
+                    code: Some(0),
+                    stderr: String::new(),
+                }),
+                Msg::Key(Key::Char('r')),
+            ],
+        );
+        assert_eq!(fx, [Effect::Reboot]);
+        let Screen::Result {
+            job,
+            outcome,
+            written,
+            copied: said,
+        } = &s.screen
+        else {
+            panic!("{:?}", s.screen)
+        };
+        assert_eq!(
+            (job.op, outcome, written, said),
+            (Operation::CopyBack, &Outcome::Done, &true, &Some(copied))
+        );
+        assert!(
+            s.log
+                .iter()
+                .any(|l| l.contains("copy-back onto vda complete: 3 new"))
+        );
+        let (s, fx) = run(s, [Msg::Key(Key::Char('l'))]);
+        assert_eq!((s.screen, fx), (Screen::Log, vec![Effect::Refresh]));
+
+        // Refused before anything was written: nothing written, and said so.
+        let (s, _) = run(
+            copying_back(),
+            [
+                phase("refuse", false),
+                Msg::Engine(EngineEvent::Failed {
+                    step: "refuse".into(),
+                    error: "no filesystem with UUID 1234 (the layout's /boot) on vda".into(),
+                }),
+                Msg::Engine(EngineEvent::Exited {
+                    code: Some(1),
+                    stderr: String::new(),
+                }),
+            ],
+        );
+        assert!(matches!(
+            &s.screen,
+            Screen::Result { outcome: Outcome::Failed { step, .. }, written: false, .. }
+                if step == "refuse"
+        ));
+        // Cancelled before the copy-back step; not after.
+        let (s, fx) = run(
+            copying_back(),
+            [phase("lvm", false), Msg::Key(Key::Char('c'))],
+        );
+        assert_eq!(fx, [Effect::Cancel]);
+        assert!(matches!(&s.screen, Screen::Running(p) if p.cancelling));
+        let (s, fx) = run(
+            copying_back(),
+            [phase("copy-back", true), Msg::Key(Key::Char('c'))],
+        );
+        assert!(fx.is_empty());
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .contains("since step copy-back")
+        );
+        // Killed in the middle: the result says where, and that the disk was written.
+        let (s, _) = run(
+            s,
+            [Msg::Engine(EngineEvent::Exited {
+                code: None,
+                stderr: "Killed".into(),
+            })],
+        );
+        assert!(matches!(
+            &s.screen,
+            Screen::Result { outcome: Outcome::Failed { step, error }, written: true, .. }
+                if step == "copy-back" && error.contains("the copy-back was killed")
+        ));
     }
 }

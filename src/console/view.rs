@@ -13,16 +13,18 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Paragraph, Wrap};
 
-use super::state::{Outcome, Progress, Screen, State};
+use super::state::{Job, Outcome, Progress, Screen, State};
 use crate::disk::Bytes;
 use crate::init::{menu, status};
 use crate::recovery::images::ImageView;
 use crate::recovery::situation::{EmergencyState, PrimaryState, Target};
+use crate::restore::events::{CopiedBack, Operation};
 
 /// Text the VM tests wait for, from here where it is drawn.
 pub const COUNTDOWN_TEXT: &str = "booting the emergency copy in";
 pub const BOOTING_TEXT: &str = "Starting the emergency copy with kexec";
 pub const RESTORE_TITLE: &str = "Restore";
+pub const COPY_BACK_TITLE: &str = "Copy back";
 
 /// Styles for 16 colours or none.
 #[derive(Clone, Copy)]
@@ -181,106 +183,19 @@ fn page(s: &State, t: Theme) -> Page<'static> {
             body: plan_body(image, target, t),
             keys: vec!["[Enter] go on to the confirmation  [Esc] back".into()],
         },
-        Screen::RestoreConfirm {
-            image,
-            target,
+        Screen::Confirm {
+            job,
             typed,
             refused,
-        } => {
-            let mut body = vec![
-                Line::styled(
-                    format!("ERASES {}: {}", target.disk, erased(target)),
-                    t.warn(),
-                ),
-                Line::from(format!("and writes image {} onto it.", image.id)),
-                Line::default(),
-                Line::from(format!(
-                    "Type the disk's {} ({}) and press Enter:",
-                    if target.serial.is_some() {
-                        "serial number"
-                    } else {
-                        "name"
-                    },
-                    target.confirm_word()
-                )),
-                Line::from(format!("> {typed}_")),
-            ];
-            if let Some(r) = refused {
-                body.push(Line::default());
-                body.push(Line::styled(
-                    format!(
-                        "{r:?} is not {}: nothing was written.",
-                        target.confirm_word()
-                    ),
-                    t.warn(),
-                ));
-            }
-            Page {
-                title: format!("{RESTORE_TITLE} 4/4: confirm"),
-                body,
-                keys: vec!["[Enter] restore  [Esc] back".into()],
-            }
-        }
-        Screen::Restoring(p) => restoring_page(s, p, t),
-        Screen::RestoreResult {
-            image,
-            target,
+        } => confirm_page(job, typed, refused.as_deref(), t),
+        Screen::Running(p) => running_page(s, p, t),
+        Screen::Result {
+            job,
             outcome,
-        } => {
-            let (body, keys) = match outcome {
-                Outcome::Done => (
-                    vec![
-                        Line::styled(
-                            format!("Restore complete: {image} is on {}.", target.disk),
-                            t.good(),
-                        ),
-                        Line::from("The disk was made bootable as the last step."),
-                    ],
-                    "[r] reboot into the primary  [Enter] status",
-                ),
-                Outcome::Failed { step, error } => (
-                    vec![
-                        Line::styled(format!("Restore FAILED at step {step}:"), t.warn()),
-                        Line::from(format!("  {error}")),
-                        Line::default(),
-                        Line::from(format!(
-                            "{} is left not bootable. Fix the cause and restore again:",
-                            target.disk
-                        )),
-                        Line::from("the restore can be run again from the start."),
-                    ],
-                    "[Enter] status  [l] log",
-                ),
-                Outcome::Cancelled { step } => (
-                    vec![
-                        Line::from(format!("Restore cancelled during step {step}.")),
-                        Line::from(format!(
-                            "Nothing was written to {}; it is as it was.",
-                            target.disk
-                        )),
-                    ],
-                    "[Enter] status",
-                ),
-            };
-            Page {
-                title: format!("{RESTORE_TITLE}: result"),
-                body,
-                keys: vec![keys.into()],
-            }
-        }
-        Screen::CopyBack => Page {
-            title: "Copy back the emergency data".into(),
-            body: vec![
-                Line::from("What the appliance recorded while it ran from the"),
-                Line::from("emergency copy (files new, changed or deleted since"),
-                Line::from("its expansion) is copied back by the restore, as its"),
-                Line::from("copy-back step, after extract."),
-                Line::default(),
-                Line::from("Choose [t] restore: copy-back is part of it."),
-                Line::from(format!("Emergency copy: {}", s.situation.emergency)),
-            ],
-            keys: back,
-        },
+            written,
+            copied,
+        } => result_page(job, outcome, *written, copied.as_ref(), t),
+        Screen::CopyBack => copy_back_page(s, t),
         Screen::Verify => {
             let mut body = vec![Line::from(
                 "Checks every archive's length and SHA-256 against its manifest.",
@@ -430,7 +345,7 @@ fn target_line(tg: &Target) -> String {
 }
 
 /// "model M, serial S, size Z": what a destructive action names.
-fn erased(tg: &Target) -> String {
+fn described(tg: &Target) -> String {
     format!(
         "model {}, serial {}, size {}",
         tg.model.as_deref().unwrap_or("(none)"),
@@ -460,7 +375,7 @@ fn plan_body(image: &ImageView, target: &Target, t: Theme) -> Vec<Line<'static>>
     ));
     body.push(Line::default());
     body.push(Line::styled(
-        format!("ERASED: {} ({})", target.disk, erased(target)),
+        format!("ERASED: {} ({})", target.disk, described(target)),
         t.warn(),
     ));
     if target.partitions.is_empty() {
@@ -477,9 +392,90 @@ fn plan_body(image: &ImageView, target: &Target, t: Theme) -> Vec<Line<'static>>
     body
 }
 
-fn restoring_page(s: &State, p: &Progress, t: Theme) -> Page<'static> {
+/// The job's title: `Restore`, `Copy back`.
+fn title(op: Operation) -> &'static str {
+    match op {
+        Operation::Restore => RESTORE_TITLE,
+        Operation::CopyBack => COPY_BACK_TITLE,
+    }
+}
+
+/// The disk a job writes, as its screens call it.
+fn disk_word(op: Operation) -> &'static str {
+    match op {
+        Operation::Restore => "target",
+        Operation::CopyBack => "primary",
+    }
+}
+
+fn confirm_page(job: &Job, typed: &str, refused: Option<&str>, t: Theme) -> Page<'static> {
+    let target = &job.target;
+    let mut body = match job.op {
+        Operation::Restore => vec![
+            Line::styled(
+                format!("ERASES {}: {}", target.disk, described(target)),
+                t.warn(),
+            ),
+            Line::from(format!("and writes image {} onto it.", job.image.id)),
+        ],
+        Operation::CopyBack => vec![
+            Line::styled(
+                format!("CHANGES FILES ON {}: {}", target.disk, described(target)),
+                t.warn(),
+            ),
+            Line::from("What changed on the emergency copy since its expansion"),
+            Line::from("is written onto its filesystems, as named by the layout"),
+            Line::from(format!("of image {}.", job.image.id)),
+        ],
+    };
+    body.push(Line::default());
+    body.push(Line::from(format!(
+        "Type the disk's {} ({}) and press Enter:",
+        if target.serial.is_some() {
+            "serial number"
+        } else {
+            "name"
+        },
+        target.confirm_word()
+    )));
+    body.push(Line::from(format!("> {typed}_")));
+    if let Some(r) = refused {
+        body.push(Line::default());
+        body.push(Line::styled(
+            format!(
+                "{r:?} is not {}: nothing was written.",
+                target.confirm_word()
+            ),
+            t.warn(),
+        ));
+    }
+    let (title, keys) = match job.op {
+        Operation::Restore => (
+            format!("{RESTORE_TITLE} 4/4: confirm"),
+            "[Enter] restore  [Esc] back",
+        ),
+        Operation::CopyBack => (
+            format!("{COPY_BACK_TITLE} 2/2: confirm"),
+            "[Enter] copy back  [Esc] back",
+        ),
+    };
+    Page {
+        title,
+        body,
+        keys: vec![keys.into()],
+    }
+}
+
+fn running_page(s: &State, p: &Progress, t: Theme) -> Page<'static> {
+    let job = &p.job;
     let mut body = vec![
-        Line::from(format!("Image {} onto {}", p.image.id, p.target.disk)),
+        Line::from(match job.op {
+            Operation::Restore => format!("Image {} onto {}", job.image.id, job.target.disk),
+            Operation::CopyBack => format!(
+                "Emergency copy onto {} (layout of {})",
+                job.target.disk, job.image.id
+            ),
+        }),
         Line::from(format!("Step: {}", p.step)),
     ];
     if let Some(pct) = p.done.saturating_mul(100).checked_div(p.total) {
@@ -508,20 +504,24 @@ fn restoring_page(s: &State, p: &Progress, t: Theme) -> Page<'static> {
         }
     }
     body.push(Line::default());
+    let disk = disk_word(job.op);
     let keys = match (&p.no_return_at, p.cancelling) {
         (_, true) => {
-            body.push(Line::from("Cancelling: waiting for the restore to stop..."));
+            body.push(Line::from(format!(
+                "Cancelling: waiting for the {} to stop...",
+                job.op.name()
+            )));
             vec![String::new()]
         }
         (None, false) => {
-            body.push(Line::from(
-                "The target is not written yet: cancelling leaves it as it was.",
-            ));
+            body.push(Line::from(format!(
+                "The {disk} is not written yet: cancelling leaves it as it was."
+            )));
             vec!["[c] cancel".into()]
         }
         (Some(at), false) => {
             body.push(Line::styled(
-                format!("Cannot be cancelled now: the target is written since step {at}."),
+                format!("Cannot be cancelled now: the {disk} is written since step {at}."),
                 t.warn(),
             ));
             vec!["(no cancelling now)".into()]
@@ -533,9 +533,158 @@ fn restoring_page(s: &State, p: &Progress, t: Theme) -> Page<'static> {
         body.push(Line::styled(format!("> {m}"), t.warn()));
     }
     Page {
-        title: format!("{RESTORE_TITLE}: in progress"),
+        title: format!("{}: in progress", title(job.op)),
         body,
         keys,
+    }
+}
+
+fn result_page(
+    job: &Job,
+    outcome: &Outcome,
+    written: bool,
+    copied: Option<&CopiedBack>,
+    t: Theme,
+) -> Page<'static> {
+    let disk = &job.target.disk;
+    let (body, keys) = match (job.op, outcome) {
+        (Operation::Restore, Outcome::Done) => (
+            vec![
+                Line::styled(
+                    format!("Restore complete: {} is on {disk}.", job.image.id),
+                    t.good(),
+                ),
+                Line::from("The disk was made bootable as the last step."),
+            ],
+            "[r] reboot into the primary  [Enter] status",
+        ),
+        (Operation::CopyBack, Outcome::Done) => {
+            let mut body = vec![Line::styled(
+                format!("Copy-back complete onto {disk}:"),
+                t.good(),
+            )];
+            match copied {
+                Some(c) => {
+                    body.push(Line::from(format!(
+                        "  {} new, {} changed, {} replaced by another type,",
+                        c.new, c.changed, c.type_changed
+                    )));
+                    body.push(Line::from(format!(
+                        "  {} deleted; {} of file data.",
+                        c.deleted,
+                        Bytes(c.bytes).human()
+                    )));
+                    if c.notes > 0 {
+                        body.push(Line::from(format!(
+                            "  {} note(s): conflicts, or paths written without some",
+                            c.notes
+                        )));
+                        body.push(Line::from("  metadata; [l] the log lists them."));
+                    }
+                }
+                None => body.push(Line::from("  (the copy-back did not say what it copied)")),
+            }
+            body.push(Line::default());
+            body.push(Line::from(
+                "What the appliance wrote on the emergency copy is on the",
+            ));
+            body.push(Line::from("primary now."));
+            (body, "[r] reboot into the primary  [Enter] status")
+        }
+        (Operation::Restore, Outcome::Failed { step, error }) => (
+            vec![
+                Line::styled(format!("Restore FAILED at step {step}:"), t.warn()),
+                Line::from(format!("  {error}")),
+                Line::default(),
+                Line::from(format!(
+                    "{disk} is left not bootable. Fix the cause and restore again:"
+                )),
+                Line::from("the restore can be run again from the start."),
+            ],
+            "[Enter] status  [l] log",
+        ),
+        (Operation::CopyBack, Outcome::Failed { step, error }) => {
+            let mut body = vec![
+                Line::styled(format!("Copy-back FAILED at step {step}:"), t.warn()),
+                Line::from(format!("  {error}")),
+                Line::default(),
+            ];
+            if written {
+                body.push(Line::from(format!(
+                    "{disk} is left as the failure left it: what was copied"
+                )));
+                body.push(Line::from(
+                    "stays. Fix the cause and copy back again to complete it.",
+                ));
+            } else {
+                body.push(Line::from(format!(
+                    "Nothing was written to {disk}; it is as it was."
+                )));
+            }
+            (body, "[Enter] status  [l] log")
+        }
+        (op, Outcome::Cancelled { step }) => (
+            vec![
+                Line::from(format!("{} cancelled during step {step}.", title(op))),
+                Line::from(format!("Nothing was written to {disk}; it is as it was.")),
+            ],
+            "[Enter] status",
+        ),
+    };
+    Page {
+        title: format!("{}: result", title(job.op)),
+        body,
+        keys: vec![keys.into()],
+    }
+}
+
+fn copy_back_page(s: &State, t: Theme) -> Page<'static> {
+    let mut body = vec![
+        Line::from("What the appliance wrote while it ran from the emergency"),
+        Line::from("copy (files new, changed or deleted since its expansion)"),
+        Line::from("is copied onto the primary, once it is back and healthy."),
+        Line::default(),
+    ];
+    let keys = match s.situation.copy_back() {
+        Ok(c) => {
+            body.push(Line::from(format!("Primary: {}", target_line(&c.target))));
+            body.push(Line::from(format!(
+                "Its filesystems by the layout of image {}.",
+                c.image.id
+            )));
+            let em = format!("Emergency copy: {}", s.situation.emergency);
+            if s.situation.emergency.is_ready() {
+                body.push(Line::from(em));
+            } else {
+                body.push(Line::styled(em, t.warn()));
+                body.push(Line::styled(
+                    "Copy back only if the appliance ran from this copy.",
+                    t.warn(),
+                ));
+            }
+            body.push(Line::from(
+                "Paths remapped at expansion (fstab, GRUB) are left alone.",
+            ));
+            "[Enter] go on to the confirmation  [Esc] back"
+        }
+        Err(why) => {
+            body.push(Line::styled(format!("Not possible now: {why}."), t.warn()));
+            body.push(Line::from(format!(
+                "Emergency copy: {}",
+                s.situation.emergency
+            )));
+            "[Esc] back"
+        }
+    };
+    body.push(Line::default());
+    body.push(Line::from(
+        "A restore copies back by itself, as its copy-back step.",
+    ));
+    // No message line: the only one this screen gets is its own reason, shown above.
+    Page {
+        title: format!("{COPY_BACK_TITLE} 1/2: the emergency copy's changes"),
+        body,
+        keys: vec![keys.into()],
     }
 }
 
@@ -704,6 +853,64 @@ mod tests {
                 }),
             ],
         );
+        let copying_back = send(healthy.clone(), {
+            let mut m = keys("c\nUS-PRIMARY-0001\n");
+            m.push(Msg::Tick(Duration::from_secs(10)));
+            m.push(Msg::Engine(EngineEvent::Phase {
+                step: "copy-back".into(),
+                point_of_no_return: true,
+            }));
+            m.push(Msg::Tick(Duration::from_secs(12)));
+            m.push(Msg::Engine(EngineEvent::Progress {
+                step: "copy-back".into(),
+                done: 3 << 20,
+                total: 4 << 20,
+            }));
+            m
+        });
+        let copied_back = send(
+            copying_back.clone(),
+            vec![
+                Msg::Engine(EngineEvent::CopiedBack(CopiedBack {
+                    new: 12,
+                    changed: 5,
+                    type_changed: 1,
+                    deleted: 2,
+                    bytes: 4 << 20,
+                    notes: 1,
+                })),
+                Msg::Engine(EngineEvent::Done),
+                Msg::Engine(EngineEvent::Exited {
+                    code: Some(0),
+                    stderr: String::new(),
+                }),
+            ],
+        );
+        let copy_back_failed = send(
+            copying_back.clone(),
+            vec![
+                Msg::Engine(EngineEvent::Failed {
+                    step: "copy-back".into(),
+                    error: "./var/log/app.log: No space left on device".into(),
+                }),
+                Msg::Engine(EngineEvent::Exited {
+                    code: Some(1),
+                    stderr: String::new(),
+                }),
+            ],
+        );
+        let copy_back_refused = send(healthy.clone(), {
+            let mut m = keys("c\nUS-PRIMARY-0001\n");
+            m.push(Msg::Engine(EngineEvent::Failed {
+                step: "mount".into(),
+                error: "no filesystem with UUID 3f6c9a57 (the layout's /boot) on vda".into(),
+            }));
+            m.push(Msg::Engine(EngineEvent::Exited {
+                code: Some(1),
+                stderr: String::new(),
+            }));
+            m
+        });
         vec![
             ("status healthy", healthy.clone()),
             ("status unreadable, no colour", unreadable),
@@ -719,7 +926,25 @@ mod tests {
             ),
             ("restoring", restoring),
             ("restore failed", failed),
-            ("copy back", send(missing(), keys("c"))),
+            ("copy back, primary missing", send(missing(), keys("c\n"))),
+            ("copy back", send(healthy.clone(), keys("c"))),
+            ("copy back, copy not marked ready", {
+                let mut f = fixtures::facts(vec![fixtures::primary(), fixtures::secondary()]);
+                f.env = Some(crate::boot::EnvRead::A {
+                    env: crate::boot::Env::with_emergency(None),
+                    b_problem: None,
+                });
+                let s = State::new(decide(f), Options::default(), Vec::new());
+                send(s, keys("c"))
+            }),
+            (
+                "copy back confirm",
+                send(healthy.clone(), keys("c\nUS-PRIMARY-9\nUS-")),
+            ),
+            ("copying back", copying_back),
+            ("copied back", copied_back),
+            ("copy back failed", copy_back_failed),
+            ("copy back refused", copy_back_refused),
             ("verify", send(missing(), keys("v"))),
             ("import", send(missing(), keys("u"))),
             ("log", send(missing(), keys("l"))),
@@ -773,7 +998,59 @@ mod tests {
                         "Restore FAILED at step extract:",
                         "root.tar.lzo: No space left on device",
                     ],
-                    "copy back" => &["copy-back step"],
+                    "copy back, primary missing" => &[
+                        "Copy back 1/2",
+                        "Not possible now: the primary is missing: restore instead ([t]).",
+                        "as its copy-back step",
+                        "[Esc] back",
+                    ],
+                    "copy back" => &[
+                        "Copy back 1/2",
+                        "Primary: vda  QEMU HARDDISK  serial US-PRIMARY-0001  64.0 MiB",
+                        "layout of image 20261124T031500Z-pbx",
+                        "Emergency copy: ready, image 20261120T031500Z-pbx",
+                        "as its copy-back step",
+                        "[Enter] go on to the confirmation",
+                    ],
+                    "copy back, copy not marked ready" => &[
+                        "Emergency copy: NOT READY (marked not ready)",
+                        "Copy back only if the appliance ran from this copy.",
+                        "[Enter] go on to the confirmation",
+                    ],
+                    "copy back confirm" => &[
+                        "Copy back 2/2: confirm",
+                        "CHANGES FILES ON vda: model QEMU HARDDISK, serial US-PRIMARY-0001, size 64.0 MiB",
+                        "Type the disk's serial number (US-PRIMARY-0001)",
+                        "> US-_",
+                        "\"US-PRIMARY-9\" is not US-PRIMARY-0001: nothing was written.",
+                        "[Enter] copy back  [Esc] back",
+                    ],
+                    "copying back" => &[
+                        "Copy back: in progress",
+                        "Emergency copy onto vda (layout of 20261124T031500Z-pbx)",
+                        "Step: copy-back",
+                        "3.0 MiB of 4.0 MiB",
+                        "Cannot be cancelled now: the primary is written since step copy-back.",
+                    ],
+                    "copied back" => &[
+                        "Copy back: result",
+                        "Copy-back complete onto vda:",
+                        "12 new, 5 changed, 1 replaced by another type,",
+                        "2 deleted; 4.0 MiB of file data.",
+                        "1 note(s): conflicts",
+                        "[r] reboot into the primary",
+                    ],
+                    "copy back failed" => &[
+                        "Copy-back FAILED at step copy-back:",
+                        "./var/log/app.log: No space left on device",
+                        "vda is left as the failure left it",
+                        "copy back again to complete it.",
+                    ],
+                    "copy back refused" => &[
+                        "Copy-back FAILED at step mount:",
+                        "(the layout's /boot) on vda",
+                        "Nothing was written to vda; it is as it was.",
+                    ],
                     "verify" => &["SHA-256", "20261124T031500Z-pbx", "not verified"],
                     "import" => &["comes with the fleet feature"],
                     "log" => &["drivers: 7 loaded"],

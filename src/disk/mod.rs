@@ -219,15 +219,16 @@ impl Usage {
         !self.mounts.is_empty() || self.swap || !self.holders.is_empty()
     }
 
-    /// One phrase per use, naming `what`: "vda1 mounted at /boot".
-    fn reasons(&self, what: &str, out: &mut Vec<String>) {
+    /// One phrase per use, naming `what`: "vda1 mounted at /boot"; holders for which
+    /// `expected` says yes are left out.
+    pub fn reasons(&self, what: &str, expected: &dyn Fn(&Holder) -> bool, out: &mut Vec<String>) {
         for m in &self.mounts {
             out.push(format!("{what} is mounted at {}", m.display()));
         }
         if self.swap {
             out.push(format!("{what} is in use as swap"));
         }
-        for h in &self.holders {
+        for h in self.holders.iter().filter(|h| !expected(h)) {
             out.push(format!("{what} is held by {h}"));
         }
     }
@@ -321,14 +322,20 @@ impl Disk {
     /// Every way this disk or one of its partitions is in use, one phrase each;
     /// empty when nothing on it is mounted, swapped on or held.
     pub fn busy_reasons(&self) -> Vec<String> {
+        self.busy_reasons_but(&|_| false)
+    }
+
+    /// [`Disk::busy_reasons`], leaving out holders for which `expected` says yes (a
+    /// copy-back expects the device-mapper volumes of the disk's own volume groups).
+    pub fn busy_reasons_but(&self, expected: &dyn Fn(&Holder) -> bool) -> Vec<String> {
         let mut out = Vec::new();
-        self.usage.reasons(&self.name, &mut out);
+        self.usage.reasons(&self.name, expected, &mut out);
         for p in &self.partitions {
             let what = p
                 .device
                 .clone()
                 .unwrap_or_else(|| format!("{} partition {}", self.name, p.number));
-            p.usage.reasons(&what, &mut out);
+            p.usage.reasons(&what, expected, &mut out);
         }
         out
     }

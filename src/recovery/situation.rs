@@ -20,7 +20,7 @@ use super::emergency::EmergencyBoot;
 use super::images::ImageView;
 
 /// The emergency partition's filesystem label (`docs/disk-layout.md`).
-pub const EMERGENCY_LABEL: &str = "US-EMERGENCY";
+pub use crate::restore::execute::EMERGENCY_LABEL;
 /// The images partition's filesystem label.
 pub const IMAGES_LABEL: &str = "US-IMAGES";
 
@@ -506,6 +506,87 @@ fn targets(
     out
 }
 
+/// What a copy-back onto the primary uses: the disk, and the image whose layout names
+/// its filesystems.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyBackChoice {
+    pub target: Target,
+    pub image: ImageView,
+}
+
+impl Situation {
+    /// Whether a copy-back onto the primary can start now (a healthy, idle recorded
+    /// primary, an emergency filesystem on another disk that is not mounted, a readable
+    /// image), onto which disk and with which image's layout (the newest readable
+    /// image); else why not, as one sentence for the technician. `understudy copy-back --disk` checks again, more closely
+    /// (the filesystems' UUIDs, the index), before it writes anything.
+    pub fn copy_back(&self) -> Result<CopyBackChoice, String> {
+        // The copy-back screen says that a restore copies back as its own step.
+        const RESTORE: &str = "restore instead ([t])";
+        let name = match &self.primary {
+            PrimaryState::Healthy { disk } => disk,
+            PrimaryState::Unreadable { disk, reason } => {
+                return Err(format!(
+                    "the primary ({disk}) is unreadable ({reason}): {RESTORE}"
+                ));
+            }
+            PrimaryState::Missing | PrimaryState::Replacement { .. } => {
+                return Err(format!("the primary is missing: {RESTORE}"));
+            }
+            p @ (PrimaryState::Ambiguous { .. } | PrimaryState::Unknown { .. }) => {
+                return Err(format!(
+                    "which disk is the primary cannot be told ({p}): copy-back needs the \
+                     recorded primary, healthy"
+                ));
+            }
+        };
+        let Some(d) = self.inventory.disk(name) else {
+            return Err(format!("the primary ({name}) is not in the inventory"));
+        };
+        let busy = d.busy_reasons();
+        if !busy.is_empty() {
+            return Err(format!(
+                "the primary is in use ({}): copy back from the recovery console",
+                busy.join("; ")
+            ));
+        }
+        match crate::restore::copyback_disk::find_emergency(&self.inventory, name) {
+            None => {
+                return Err(format!(
+                    "no emergency copy: no filesystem labelled {EMERGENCY_LABEL} on another disk"
+                ));
+            }
+            Some(e) if !e.mounts.is_empty() => {
+                return Err(format!(
+                    "the emergency copy ({}) is mounted at {}: it must not change while it is \
+                     copied back; copy back from the recovery console",
+                    e.device.display(),
+                    e.mounts
+                        .iter()
+                        .map(|m| m.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Some(_) => {}
+        }
+        // An emergency copy not marked ready is still offered (the copy-back screen
+        // warns): readiness says whether GRUB may boot it, and the restore's own
+        // copy-back step does not look at it either; what guards a copy that was never
+        // finished is its index, written last by expansion, which the child requires.
+        let Some(image) = self.images.iter().find(|i| i.problem.is_none()) else {
+            return Err(match &self.images_problem {
+                Some(p) => format!("no image to read the primary's layout from: {p}"),
+                None => "no image to read the primary's layout from".into(),
+            });
+        };
+        Ok(CopyBackChoice {
+            target: target(d, "the recorded primary".into()),
+            image: image.clone(),
+        })
+    }
+}
+
 /// Newest first: by creation time, then by id (ids start with a UTC timestamp);
 /// entries without a time (an unreadable manifest) last.
 fn sort_images(images: &mut [ImageView]) {
@@ -986,5 +1067,81 @@ mod tests {
                 device: "/dev/vdb4".into()
             }
         );
+    }
+
+    #[test]
+    fn copy_back_needs_a_healthy_idle_primary_an_idle_emergency_copy_and_an_image() {
+        let why = |f: Facts| decide(f).copy_back().unwrap_err();
+        let ok = decide(facts(vec![primary(), secondary()]))
+            .copy_back()
+            .unwrap();
+        assert_eq!(ok.target.disk, "vda");
+        assert_eq!(ok.target.confirm_word(), "US-PRIMARY-0001");
+        assert_eq!(ok.image.id, "20261124T031500Z-pbx", "the newest image");
+
+        // Not healthy: restore instead.
+        let e = why(facts(vec![secondary()]));
+        assert!(
+            e.starts_with("the primary is missing: restore instead"),
+            "{e}"
+        );
+        let mut bad = primary();
+        bad.state = Readability::IoError("Input/output error".into());
+        let e = why(facts(vec![bad, secondary()]));
+        assert!(
+            e.contains("(vda) is unreadable (I/O error: Input/output error): restore instead"),
+            "{e}"
+        );
+        let e = why(Facts {
+            recorded: RecordedState::NoRecoveryFilesystem,
+            ..facts(vec![primary(), secondary()])
+        });
+        assert!(
+            e.contains("which disk is the primary cannot be told"),
+            "{e}"
+        );
+
+        // In use.
+        let mut busy = primary();
+        busy.partitions[0].usage.mounts = vec!["/mnt".into()];
+        let e = why(facts(vec![busy, secondary()]));
+        assert!(
+            e.contains("the primary is in use (vda1 is mounted at /mnt)"),
+            "{e}"
+        );
+
+        // No emergency copy, one in use, or one not ready.
+        let mut no_emergency = secondary();
+        no_emergency.partitions.retain(|p| {
+            p.signature.as_ref().and_then(|s| s.label.as_deref()) != Some(EMERGENCY_LABEL)
+        });
+        let e = why(facts(vec![primary(), no_emergency]));
+        assert!(e.starts_with("no emergency copy"), "{e}");
+        let mut mounted = secondary();
+        mounted.partitions[1].usage.mounts = vec!["/".into()];
+        let e = why(facts(vec![primary(), mounted]));
+        assert!(e.contains("(/dev/vdb4) is mounted at /"), "{e}");
+        // Not marked ready is no reason (the screen warns; the index decides).
+        let mut f = facts(vec![primary(), secondary()]);
+        f.env = Some(EnvRead::A {
+            env: Env::with_emergency(None),
+            b_problem: None,
+        });
+        assert!(decide(f).copy_back().is_ok());
+
+        // No image to read the layout from (none, or none readable).
+        let mut f = facts(vec![primary(), secondary()]);
+        f.images.clear();
+        f.images_problem = Some("no filesystem labelled US-IMAGES".into());
+        let e = why(f);
+        assert_eq!(
+            e,
+            "no image to read the primary's layout from: no filesystem labelled US-IMAGES"
+        );
+        let mut f = facts(vec![primary(), secondary()]);
+        for i in &mut f.images {
+            i.problem = Some("manifest.json: bad JSON".into());
+        }
+        assert!(why(f).starts_with("no image to read"));
     }
 }

@@ -29,6 +29,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::FileStat;
 use serde::{Deserialize, Serialize};
 
+use super::events::CopiedBack;
 use crate::archive::{self, ExtractOptions, Note, header};
 use crate::lzop;
 use crate::rootfs::RootDir;
@@ -322,6 +323,18 @@ impl CopyBackPlan {
     /// Nothing to copy back.
     pub fn is_empty(&self) -> bool {
         self.removals.is_empty() && self.writes.is_empty()
+    }
+
+    /// What applying this plan did (`report`), as the progress stream says it.
+    pub fn copied(&self, report: &CopyBackReport) -> CopiedBack {
+        CopiedBack {
+            new: self.new.len(),
+            changed: self.changed.len(),
+            type_changed: self.type_changed.len(),
+            deleted: self.deleted.len(),
+            bytes: report.bytes,
+            notes: report.notes.len(),
+        }
     }
 }
 

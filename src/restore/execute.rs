@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
 use uuid::Uuid;
 
+use super::copyback_disk::{self, IndexState};
 use super::events::{Format, Reporter, Step};
 use super::failpoint;
 use super::mount::MountGuard;
@@ -30,7 +31,7 @@ use super::plan::{self, MkfsStep, RestorePlan, UuidChange};
 use super::swap;
 use crate::archive::{self, ExtractOptions};
 use crate::cmd::Cmd;
-use crate::disk::{self, Sources};
+use crate::disk::{self, Recorded, Sources};
 use crate::fstab::Fstab;
 use crate::image::manifest::Manifest;
 use crate::init::recorded::{self, RecordedState};
@@ -128,21 +129,22 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
 }
 
-/// SIGTERM and SIGINT only raise a flag; the restore stops at the next check.
+/// SIGTERM and SIGINT only raise a flag; the restore (or copy-back) stops at the next
+/// check.
 #[derive(Debug)]
-struct Cancel {
+pub(super) struct Cancel {
     flag: AtomicBool,
 }
 
 impl Cancel {
-    fn install() -> Cancel {
+    pub(super) fn install() -> Cancel {
         let _ = crate::sys::catch_as_flags(&[Signal::SIGTERM, Signal::SIGINT]);
         Cancel {
             flag: AtomicBool::new(false),
         }
     }
 
-    fn requested(&self) -> bool {
+    pub(super) fn requested(&self) -> bool {
         if !crate::sys::take_signals().is_empty() {
             self.flag.store(true, Ordering::SeqCst);
         }
@@ -260,7 +262,7 @@ impl Run<'_> {
         failpoint::hit(Step::Mkfs);
 
         self.step(Step::Mount, None)?;
-        let root = private_dir()?;
+        let root = private_dir("restore")?;
         for m in &plan.mounts {
             let at = root.join(m.mountpoint.trim_start_matches('/'));
             self.mounts.mount(&m.device, &at, &m.fstype)?;
@@ -320,7 +322,7 @@ impl Run<'_> {
         if let Some(esp) = &plan.bootloader.esp
             && let Some(m) = plan.mounts.iter().find(|m| &m.mountpoint == esp)
         {
-            let at = private_dir()?.join("esp");
+            let at = private_dir("restore")?.join("esp");
             let mark = self.mounts.depth();
             self.mounts.mount(&m.device, &at, &m.fstype)?;
             let pending = at.join(EFI_PENDING);
@@ -369,38 +371,9 @@ impl Run<'_> {
     }
 
     fn plan(&mut self, manifest: &Manifest) -> Result<RestorePlan> {
-        let target = std::fs::canonicalize(&self.opts.target)
-            .with_context(|| format!("finding {}", self.opts.target.display()))?;
-        let meta = std::fs::metadata(&target)
-            .with_context(|| format!("inspecting {}", target.display()))?;
-        ensure!(
-            meta.file_type().is_block_device(),
-            "{} is not a block device",
-            target.display()
-        );
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (_, name) = whole_disk(&self.opts.target)?;
         let inv = disk::inventory(&Sources::system());
-        let recorded = match recorded::load(&inv) {
-            RecordedState::Found { recorded, .. } => Some(recorded),
-            RecordedState::NoRecoveryFilesystem => {
-                self.rep.note(
-                    "no recorded disk identities (no recovery filesystem): the secondary is \
-                     recognised by its recovery filesystem only",
-                );
-                None
-            }
-            RecordedState::Unreadable { device, reason } => {
-                self.rep.note(format!(
-                    "the recorded disk identities on {} cannot be read ({reason}): the \
-                     secondary is recognised by its recovery filesystem only",
-                    device.display()
-                ));
-                None
-            }
-        };
+        let recorded = recorded_identities(&inv, self.rep);
         let plan = plan::plan(manifest, &self.opts.image, &inv, recorded.as_ref(), &name)?;
         let missing: Vec<&str> = plan.tools().into_iter().filter(|t| !on_path(t)).collect();
         if !missing.is_empty() {
@@ -409,49 +382,8 @@ impl Run<'_> {
                 missing.join(", ")
             );
         }
-        self.wait_for_kernel(&plan)?;
+        wait_for_kernel(self.rep, &plan.kernel_needs())?;
         Ok(plan)
-    }
-
-    /// Waits (bounded) until the kernel offers every filesystem and device-mapper the
-    /// plan needs: the recovery image loads those drivers after its first screen, and
-    /// elsewhere `modprobe` (when there is one) loads them now.
-    fn wait_for_kernel(&mut self, plan: &RestorePlan) -> Result<()> {
-        let needs = plan.kernel_needs();
-        let mut missing: Vec<_> = needs.iter().filter(|n| !kernel_has(**n)).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if on_path("modprobe") {
-            for n in &missing {
-                // Failure is fine: PID 1 may still be loading it, or it is built in.
-                let _ = Cmd::new("modprobe").args(["-q", n.module()]).run();
-            }
-        }
-        let until = Instant::now() + KERNEL_WAIT;
-        let mut said = false;
-        loop {
-            missing.retain(|n| !kernel_has(**n));
-            if missing.is_empty() {
-                return Ok(());
-            }
-            let names: Vec<&str> = missing.iter().map(|n| n.module()).collect();
-            if Instant::now() >= until {
-                bail!(
-                    "the kernel still lacks {} after {} s (drivers not loaded): nothing was written",
-                    names.join(", "),
-                    KERNEL_WAIT.as_secs()
-                );
-            }
-            if !said {
-                self.rep.note(format!(
-                    "waiting for the kernel's {} drivers",
-                    names.join(", ")
-                ));
-                said = true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     fn lvm(&mut self, plan: &RestorePlan) -> Result<()> {
@@ -613,53 +545,35 @@ impl Run<'_> {
 
     fn copy_back(&mut self, plan: &RestorePlan, root: &Path) -> Result<()> {
         let inv = disk::inventory(&Sources::system());
-        let found = inv
-            .disks
-            .iter()
-            .filter(|d| d.name != plan.target.name)
-            .flat_map(|d| d.partitions.iter())
-            .find_map(|p| {
-                let sig = p.signature.as_ref()?;
-                (sig.label.as_deref() == Some(EMERGENCY_LABEL))
-                    .then(|| Some((p.path.clone()?, sig.kind.clone())))
-                    .flatten()
-            });
-        let Some((device, fstype)) = found else {
+        let Some(em) = copyback_disk::find_emergency(&inv, &plan.target.name) else {
             self.rep.note(format!(
                 "no emergency filesystem ({EMERGENCY_LABEL}): nothing to copy back"
             ));
             return Ok(());
         };
-        let at = private_dir()?.join("emergency");
+        let at = private_dir("restore")?.join("emergency");
         let mark = self.mounts.depth();
-        self.mounts.mount(&device, &at, &fstype)?;
+        // Read-write as before: a restore run from the emergency copy itself finds it
+        // mounted read-write at /, and the kernel refuses a read-only second mount of
+        // it (EBUSY, "would change RO state").
+        self.mounts.mount(&em.device, &at, &em.fstype)?;
         let result = (|| -> Result<()> {
-            let index_path = at.join(super::copyback::INDEX_PATH);
-            if !index_path.exists() {
-                self.rep.note(format!(
-                    "the emergency copy on {} has no copy-back index: nothing to copy back",
-                    device.display()
-                ));
-                return Ok(());
-            }
-            let index = match super::copyback::Index::load(&index_path) {
-                Ok(i) => i,
-                Err(e) if e.downcast_ref::<super::copyback::IndexError>().is_some() => {
+            match copyback_disk::read_index(&at)? {
+                IndexState::Loaded(index) => copyback_disk::apply(self.rep, &index, &at, root),
+                IndexState::Missing => {
+                    self.rep.note(format!(
+                        "the emergency copy on {} has no copy-back index: nothing to copy back",
+                        em.device.display()
+                    ));
+                    Ok(())
+                }
+                IndexState::Unusable(e) => {
                     self.rep.note(format!(
                         "copy-back index not usable ({e:#}): nothing copied back"
                     ));
-                    return Ok(());
+                    Ok(())
                 }
-                Err(e) => return Err(e),
-            };
-            let cb = super::copyback::plan(&index, &at)?;
-            let rep = &mut *self.rep;
-            let report = super::copyback::apply(&cb, &at, root, &mut |n| rep.add(n))?;
-            self.rep.note(report.to_string().trim().to_string());
-            for n in &report.notes {
-                self.rep.note(format!("copy-back: {n}"));
             }
-            Ok(())
         })();
         let unmounted = self.mounts.unmount_to(mark);
         result.and(unmounted)
@@ -763,7 +677,7 @@ fn reread(dev: &Path) -> Result<()> {
 }
 
 /// Wait (bounded) until every node exists: devtmpfs or udev make them.
-fn wait_for(nodes: &[PathBuf]) -> Result<()> {
+pub(super) fn wait_for(nodes: &[PathBuf]) -> Result<()> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let missing: Vec<&PathBuf> = nodes.iter().filter(|n| !n.exists()).collect();
@@ -784,7 +698,7 @@ fn wait_for(nodes: &[PathBuf]) -> Result<()> {
     }
 }
 
-fn lvm(args: &[&str]) -> Result<()> {
+pub(super) fn lvm(args: &[&str]) -> Result<()> {
     let mut cmd = Cmd::new("lvm")
         .args(args)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1");
@@ -888,7 +802,46 @@ fn chroot(root: &Path, args: &[&str]) -> Result<String> {
     ))
 }
 
-/// Whether `program` is an executable file in a directory of `PATH`.
+/// Waits (bounded) until the kernel offers every filesystem and device-mapper in
+/// `needs`: the recovery image loads those drivers after its first screen, and
+/// elsewhere `modprobe` (when there is one) loads them now.
+pub(super) fn wait_for_kernel(rep: &mut Reporter, needs: &[plan::KernelNeed]) -> Result<()> {
+    let mut missing: Vec<_> = needs.iter().filter(|n| !kernel_has(**n)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if on_path("modprobe") {
+        for n in &missing {
+            // Failure is fine: PID 1 may still be loading it, or it is built in.
+            let _ = Cmd::new("modprobe").args(["-q", n.module()]).run();
+        }
+    }
+    let until = Instant::now() + KERNEL_WAIT;
+    let mut said = false;
+    loop {
+        missing.retain(|n| !kernel_has(**n));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = missing.iter().map(|n| n.module()).collect();
+        if Instant::now() >= until {
+            bail!(
+                "the kernel still lacks {} after {} s (drivers not loaded): nothing was written",
+                names.join(", "),
+                KERNEL_WAIT.as_secs()
+            );
+        }
+        if !said {
+            rep.note(format!(
+                "waiting for the kernel's {} drivers",
+                names.join(", ")
+            ));
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// How long a restore waits for drivers still being loaded.
 const KERNEL_WAIT: Duration = Duration::from_secs(60);
 
@@ -901,6 +854,7 @@ fn kernel_has(need: plan::KernelNeed) -> bool {
     }
 }
 
+/// Whether `program` is an executable file in a directory of `PATH`.
 fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -910,9 +864,9 @@ fn on_path(program: &str) -> bool {
     })
 }
 
-/// This restore's private mount directory.
-fn private_dir() -> Result<PathBuf> {
-    let dir = PathBuf::from(format!("/run/understudy/restore-{}", std::process::id()));
+/// This process's private mount directory, `/run/understudy/WHAT-PID`.
+pub(super) fn private_dir(what: &str) -> Result<PathBuf> {
+    let dir = PathBuf::from(format!("/run/understudy/{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -923,7 +877,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing {}", dir.display()))
 }
 
-fn sync_device(dev: &Path) -> Result<()> {
+pub(super) fn sync_device(dev: &Path) -> Result<()> {
     File::open(dev)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", dev.display()))
@@ -934,12 +888,26 @@ fn confirm(plan: &RestorePlan) -> Result<()> {
     let t = &plan.target;
     eprint!("{plan}");
     eprintln!(
-        "\nEverything on {} ({}, serial {}, {}) will be ERASED.",
+        "\nEverything on {} ({}) will be ERASED.",
         t.path.display(),
+        described(t)
+    );
+    ask_serial(t)
+}
+
+/// A disk as the confirmation names it: model, serial number, size.
+pub(super) fn described(t: &plan::Target) -> String {
+    format!(
+        "{}, serial {}, {}",
         t.model.as_deref().unwrap_or("unknown model"),
         t.serial.as_deref().unwrap_or("none"),
         t.size
-    );
+    )
+}
+
+/// Ask for the disk's serial number (or its name if it reports none) on standard
+/// input; anything else stops with [`Stopped::NotConfirmed`].
+pub(super) fn ask_serial(t: &plan::Target) -> Result<()> {
     eprint!(
         "Type the disk's {} to go on: ",
         if t.serial.is_some() {
@@ -957,4 +925,44 @@ fn confirm(plan: &RestorePlan) -> Result<()> {
         return Err(Stopped::NotConfirmed(t.confirmation().to_string()).into());
     }
     Ok(())
+}
+
+/// The whole disk at `path` (`/dev/vda`, or a link to it): its canonical path and
+/// kernel name; an error when it is not a block device.
+pub(super) fn whole_disk(path: &Path) -> Result<(PathBuf, String)> {
+    let dev = std::fs::canonicalize(path).with_context(|| format!("finding {}", path.display()))?;
+    let meta = std::fs::metadata(&dev).with_context(|| format!("inspecting {}", dev.display()))?;
+    ensure!(
+        meta.file_type().is_block_device(),
+        "{} is not a block device",
+        dev.display()
+    );
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((dev, name))
+}
+
+/// The disk identities provision recorded, when they can be read; otherwise a note
+/// says the secondary is recognised by its recovery filesystem only.
+pub(super) fn recorded_identities(inv: &disk::Inventory, rep: &mut Reporter) -> Option<Recorded> {
+    match recorded::load(inv) {
+        RecordedState::Found { recorded, .. } => Some(recorded),
+        RecordedState::NoRecoveryFilesystem => {
+            rep.note(
+                "no recorded disk identities (no recovery filesystem): the secondary is \
+                 recognised by its recovery filesystem only",
+            );
+            None
+        }
+        RecordedState::Unreadable { device, reason } => {
+            rep.note(format!(
+                "the recorded disk identities on {} cannot be read ({reason}): the \
+                 secondary is recognised by its recovery filesystem only",
+                device.display()
+            ));
+            None
+        }
+    }
 }

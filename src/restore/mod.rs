@@ -4,11 +4,13 @@
 //!
 //! Owns: the pure [`plan::RestorePlan`] and its refusals, the thin executor
 //! ([`execute::run`]), the progress events ([`events`]), named failpoints
-//! ([`failpoint`]), swap headers ([`swap`]), its mounts ([`mount`]), and copy-back
-//! ([`copyback`]). Does not own: archives, partition tables, the layout planner, the
+//! ([`failpoint`]), swap headers ([`swap`]), its mounts ([`mount`]), copy-back
+//! ([`copyback`]), and copy-back onto a primary that came back healthy
+//! ([`copyback_disk`]). Does not own: archives, partition tables, the layout planner, the
 //! manifest, or fstab remap rules (their own modules).
 
 pub mod copyback;
+pub mod copyback_disk;
 pub mod events;
 pub mod execute;
 pub mod failpoint;

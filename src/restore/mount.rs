@@ -27,18 +27,32 @@ impl MountGuard {
 
     /// Mounts `device` (a filesystem of type `fstype`) on `target`, creating it.
     pub fn mount(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<()> {
+        self.mount_with(device, target, fstype, MsFlags::empty())
+    }
+
+    /// Mounts `device` read-only on `target`, creating it: a filesystem that is only
+    /// read from (the emergency copy, during copy-back).
+    pub fn mount_read_only(&mut self, device: &Path, target: &Path, fstype: &str) -> Result<()> {
+        self.mount_with(device, target, fstype, MsFlags::MS_RDONLY)
+    }
+
+    fn mount_with(
+        &mut self,
+        device: &Path,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+    ) -> Result<()> {
         std::fs::create_dir_all(target)
             .with_context(|| format!("creating {}", target.display()))?;
-        mount(
-            Some(device),
-            target,
-            Some(fstype),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| {
+        let how = if flags.contains(MsFlags::MS_RDONLY) {
+            " read-only"
+        } else {
+            ""
+        };
+        mount(Some(device), target, Some(fstype), flags, None::<&str>).with_context(|| {
             format!(
-                "mounting {} ({fstype}) on {}",
+                "mounting {} ({fstype}){how} on {}",
                 device.display(),
                 target.display()
             )

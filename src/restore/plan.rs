@@ -90,6 +90,22 @@ pub struct Target {
 }
 
 impl Target {
+    /// Disk `disk` as the technician sees it, with `sector` its logical sector size.
+    pub fn of(disk: &disk::Disk, sector: SectorSize) -> Target {
+        Target {
+            name: disk.name.clone(),
+            path: PathBuf::from("/dev").join(&disk.name),
+            model: disk.model.clone(),
+            serial: disk.serial.clone(),
+            size: Bytes(disk.size.0),
+            sector,
+            now: match &disk.state {
+                disk::Readability::Blank => "blank".to_string(),
+                state => format!("{state}, {} partition(s)", disk.partitions.len()),
+            },
+        }
+    }
+
     /// What a technician types to confirm: the serial number, else the kernel name.
     pub fn confirmation(&self) -> &str {
         self.serial.as_deref().unwrap_or(&self.name)
@@ -216,16 +232,15 @@ pub fn lv_device(vg: &str, lv: &str) -> PathBuf {
     ))
 }
 
-/// Plan restoring the image of `manifest` (in `image_dir`) onto disk `target` (kernel
-/// name) of `inv`. `recorded` are the identities provision stored, when known: the
-/// secondary is refused by identity; without them, by the recovery label on it.
-pub fn plan(
-    manifest: &Manifest,
-    image_dir: &Path,
-    inv: &Inventory,
+/// Disk `target` (kernel name) of `inv`, unless it must not be written: not in the
+/// inventory, the secondary (by the recorded identities `recorded` when known, else
+/// by the recovery filesystem on it), ambiguous, or read-only. Whether it is in use is
+/// the caller's to check: a restore and a copy-back expect different uses.
+pub fn writable_disk<'a>(
+    inv: &'a Inventory,
     recorded: Option<&Recorded>,
     target: &str,
-) -> Result<RestorePlan, Refusal> {
+) -> Result<&'a disk::Disk, Refusal> {
     let disk = inv
         .disk(target)
         .ok_or_else(|| Refusal::NoSuchDisk(target.to_string()))?;
@@ -238,18 +253,37 @@ pub fn plan(
             _ => {}
         }
     }
-    let has_recovery = disk
-        .partitions
-        .iter()
-        .filter_map(|p| p.signature.as_ref())
-        .chain(disk.signature.as_ref())
-        .any(|s| s.label.as_deref() == Some(RECOVERY_LABEL));
-    if has_recovery {
+    if carries_label(disk, RECOVERY_LABEL) {
         return Err(Refusal::CarriesRecovery(name));
     }
     if disk.read_only {
         return Err(Refusal::ReadOnly(name));
     }
+    Ok(disk)
+}
+
+/// Whether the whole disk or one of its partitions carries a filesystem labelled
+/// `label`.
+pub fn carries_label(disk: &disk::Disk, label: &str) -> bool {
+    disk.partitions
+        .iter()
+        .filter_map(|p| p.signature.as_ref())
+        .chain(disk.signature.as_ref())
+        .any(|s| s.label.as_deref() == Some(label))
+}
+
+/// Plan restoring the image of `manifest` (in `image_dir`) onto disk `target` (kernel
+/// name) of `inv`. `recorded` are the identities provision stored, when known: the
+/// secondary is refused by identity; without them, by the recovery label on it.
+pub fn plan(
+    manifest: &Manifest,
+    image_dir: &Path,
+    inv: &Inventory,
+    recorded: Option<&Recorded>,
+    target: &str,
+) -> Result<RestorePlan, Refusal> {
+    let disk = writable_disk(inv, recorded, target)?;
+    let name = disk.name.clone();
     let reasons = disk.busy_reasons();
     if !reasons.is_empty() {
         return Err(Refusal::Busy {
@@ -530,21 +564,9 @@ pub fn plan(
     }
     zero.sort_by_key(|z| z.offset);
 
-    let now = match &disk.state {
-        disk::Readability::Blank => "blank".to_string(),
-        state => format!("{state}, {} partition(s)", disk.partitions.len()),
-    };
     Ok(RestorePlan {
         image_id: manifest.id.clone(),
-        target: Target {
-            name: name.clone(),
-            path: dev,
-            model: disk.model.clone(),
-            serial: disk.serial.clone(),
-            size,
-            sector,
-            now,
-        },
+        target: Target::of(disk, sector),
         zero,
         table,
         stale_vgs: stale,
@@ -676,6 +698,19 @@ pub enum KernelNeed {
 }
 
 impl KernelNeed {
+    /// What mounting a filesystem of type `fstype` needs (`None`: nothing known, such
+    /// as swap).
+    pub fn filesystem(fstype: &str) -> Option<KernelNeed> {
+        let (name, module) = match fstype {
+            "ext2" | "ext3" | "ext4" => ("ext4", "ext4"),
+            "vfat" => ("vfat", "vfat"),
+            "xfs" => ("xfs", "xfs"),
+            "btrfs" => ("btrfs", "btrfs"),
+            _ => return None,
+        };
+        Some(KernelNeed::Filesystem { name, module })
+    }
+
     /// The module that provides it.
     pub fn module(self) -> &'static str {
         match self {
@@ -694,26 +729,11 @@ impl RestorePlan {
         if !self.pvs.is_empty() || !self.stale_vgs.is_empty() {
             needs.push(KernelNeed::DeviceMapper);
         }
-        for m in &self.mkfs {
-            let need = match m.fstype.as_str() {
-                "ext2" | "ext3" | "ext4" => KernelNeed::Filesystem {
-                    name: "ext4",
-                    module: "ext4",
-                },
-                "vfat" => KernelNeed::Filesystem {
-                    name: "vfat",
-                    module: "vfat",
-                },
-                "xfs" => KernelNeed::Filesystem {
-                    name: "xfs",
-                    module: "xfs",
-                },
-                "btrfs" => KernelNeed::Filesystem {
-                    name: "btrfs",
-                    module: "btrfs",
-                },
-                _ => continue,
-            };
+        for need in self
+            .mkfs
+            .iter()
+            .filter_map(|m| KernelNeed::filesystem(&m.fstype))
+        {
             if !needs.contains(&need) {
                 needs.push(need);
             }
@@ -722,7 +742,8 @@ impl RestorePlan {
     }
 }
 
-fn depth(mountpoint: &str) -> usize {
+/// How many components a mount point has: parents sort before their children.
+pub fn depth(mountpoint: &str) -> usize {
     mountpoint.split('/').filter(|c| !c.is_empty()).count()
 }
 
