@@ -220,6 +220,7 @@ fn secondary_with(
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
         images: None,
+        emergency_root: None,
     })?;
     Ok(output)
 }

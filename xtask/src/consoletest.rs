@@ -101,6 +101,7 @@ fn secondary(ctx: &Ctx) -> Result<PathBuf> {
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
         images: None,
+        emergency_root: None,
     })?;
     Ok(output)
 }

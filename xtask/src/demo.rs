@@ -254,6 +254,7 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
             (SECONDARY_SERIAL, images::secondary_bytes()),
         )),
         images: None,
+        emergency_root: None,
     })?;
     Ok(Pair {
         primary,

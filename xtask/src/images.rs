@@ -129,6 +129,10 @@ pub struct SecondarySpec {
     /// recovery console lists them) and its partition's size, a whole number of MiB
     /// (`None`: an empty filesystem of 32 MiB).
     pub images: Option<(PathBuf, Bytes)>,
+    /// The emergency filesystem's tree as it is (`None`: one made of
+    /// `emergency_kernel` and `emergency_initrd` at the paths of the emergency entry).
+    /// A given tree must hold them itself: the copy-back scenario indexes it first.
+    pub emergency_root: Option<PathBuf>,
 }
 
 /// The size of a secondary this module builds with no images tree (the partitions
@@ -306,17 +310,23 @@ pub fn build_secondary(spec: &SecondarySpec) -> Result<()> {
     )?;
 
     // Emergency: a kernel and an initrd where the emergency entry looks for them.
-    let em = work.join("emergency-root");
-    fs::create_dir_all(&em).context("creating the emergency tree")?;
     let e = &spec.boot.emergency;
-    copy_file(
-        &spec.emergency_kernel,
-        &em.join(e.kernel.trim_start_matches('/')),
-    )?;
-    copy_file(
-        &spec.emergency_initrd,
-        &em.join(e.initrd.trim_start_matches('/')),
-    )?;
+    let em = match &spec.emergency_root {
+        Some(tree) => tree.clone(),
+        None => {
+            let em = work.join("emergency-root");
+            fs::create_dir_all(&em).context("creating the emergency tree")?;
+            copy_file(
+                &spec.emergency_kernel,
+                &em.join(e.kernel.trim_start_matches('/')),
+            )?;
+            copy_file(
+                &spec.emergency_initrd,
+                &em.join(e.initrd.trim_start_matches('/')),
+            )?;
+            em
+        }
+    };
     ext4(work, out, &plan, 4, "US-EMERGENCY", &e.fs_uuid, Some(&em))?;
     ext4(work, out, &plan, 5, "US-IMAGES", IMAGES_UUID, images_tree)?;
 

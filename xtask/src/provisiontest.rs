@@ -205,6 +205,54 @@ fn sgdisk_verify(image: &Path) -> Result<String> {
         .to_string())
 }
 
+/// `understudy layout capture` of the live primary (an LVM root, a separate
+/// `/boot`): the document must name the GPT, the VG and the `/` and `/boot`
+/// filesystems by the UUIDs the image recorded (the restore kept them), and plan back
+/// onto the same disk. Returns a note.
+fn capture_layout(vm: &Machine) -> Result<String> {
+    let img = crate::appliance::image_disk()?;
+    let uuids = super::restoretest::primary_fs_uuids(&img)?;
+    shell_ok(
+        vm,
+        "CAPTURE",
+        "understudy layout capture /dev/vda --json > /tmp/layout.json && \
+         understudy layout plan /tmp/layout.json --size $(blockdev --getsize64 /dev/vda) > /dev/null",
+        SHELL_STEP,
+    )?;
+    let vg = crate::appliance::VG;
+    let wanted = [
+        ("gpt", r#""type": *"gpt""#.to_string()),
+        ("the VG", format!(r#""name": *"{vg}""#)),
+        ("/ by UUID", format!(r#""uuid": *"{}""#, uuids.root_fs_uuid)),
+        (
+            "/boot by UUID",
+            format!(r#""uuid": *"{}""#, uuids.boot_fs_uuid),
+        ),
+        ("the mount point /", r#""mountpoint": *"/""#.to_string()),
+        (
+            "the mount point /boot",
+            r#""mountpoint": *"/boot""#.to_string(),
+        ),
+    ];
+    for (what, pattern) in &wanted {
+        let t = shell_step(
+            vm,
+            "CAPTURED",
+            &format!("grep -q '{pattern}' /tmp/layout.json"),
+            SHELL_STEP,
+        )?;
+        if t.rc != 0 {
+            bail!("the captured layout of /dev/vda does not name {what} (`{pattern}`)");
+        }
+    }
+    Ok(format!(
+        "`understudy layout capture /dev/vda --json` on the live appliance names the GPT, {vg}, \
+         / ({}) and /boot ({}) as the image recorded them, and `layout plan` fits it back onto \
+         the same disk",
+        uuids.root_fs_uuid, uuids.boot_fs_uuid
+    ))
+}
+
 /// The real appliance: the Debian corpus, imaged by `understudy image create` and
 /// restored by `understudy restore` onto an LVM-root primary (`restoretest.rs`),
 /// booted alone through its own GRUB with a blank secondary beside it. From its
@@ -248,6 +296,7 @@ fn appliance(ctx: &Ctx) -> Result<Vec<String>> {
     if root != format!("/dev/mapper/{}-root", crate::appliance::VG) {
         bail!("the appliance runs from {root}, not its root LV");
     }
+    notes.push(capture_layout(&vm)?);
 
     let started = Instant::now();
     let dry = shell_ok(

@@ -144,17 +144,17 @@ impl Drop for Scratch {
 }
 
 /// The secondary of a restore scenario (`ctx.dir/secondary.raw`) and what it took.
-struct Secondary {
-    disk: PathBuf,
+pub(super) struct Secondary {
+    pub(super) disk: PathBuf,
     /// Removes the disk when dropped.
     _scratch: Scratch,
-    notes: Vec<String>,
+    pub(super) notes: Vec<String>,
 }
 
 /// The appliance image's `/` and `/boot` filesystem UUIDs, from its manifest: what
 /// the secondary's GRUB looks for to tell whether the primary is present and to find
 /// the disk whose MBR it chainloads (the restore keeps the recorded UUIDs).
-fn primary_fs_uuids(img: &ImageDisk) -> Result<PrimaryDisk> {
+pub(super) fn primary_fs_uuids(img: &ImageDisk) -> Result<PrimaryDisk> {
     let manifest = understudy::image::manifest::Manifest::load(&img.image)?;
     let uuid = |mount: &str| {
         manifest
@@ -229,10 +229,17 @@ fn images_partition(bytes: u64) -> Result<LayoutBytes> {
 }
 
 /// Builds the scenario's secondary: the appliance image at the images filesystem's
-/// root (corrupted when asked), the emergency copy not ready, the dead primary
+/// root (corrupted when asked), the emergency filesystem from `emergency_root` when
+/// given (else the recovery kernel and initrd as stand-ins), the emergency copy not
+/// ready, the dead primary
 /// (`RECORDED_SERIAL`, the image's disk size) and this secondary recorded, GRUB's
 /// menu naming the image's filesystems as the primary's.
-fn secondary(ctx: &Ctx, img: &ImageDisk, corrupt: bool) -> Result<Secondary> {
+pub(super) fn secondary(
+    ctx: &Ctx,
+    img: &ImageDisk,
+    corrupt: bool,
+    emergency_root: Option<PathBuf>,
+) -> Result<Secondary> {
     let started = Instant::now();
     let (kernel, initrd) = recovery_initrd()?;
     let tree = ctx.dir.join("images-tree");
@@ -267,6 +274,7 @@ fn secondary(ctx: &Ctx, img: &ImageDisk, corrupt: bool) -> Result<Secondary> {
             (SECONDARY_SERIAL, bytes),
         )),
         images: Some((tree.clone(), size)),
+        emergency_root,
     })
     .context("building the secondary")?;
     let notes = vec![format!(
@@ -613,7 +621,7 @@ fn logged_in(vm: &mut Machine) -> Result<(Duration, String)> {
 /// and checks the copy from the recovery shell of a new boot. Returns the copy.
 fn restore_onto(ctx: &Ctx, deadline: Instant, mib: u64) -> Result<(PathBuf, Vec<String>)> {
     let img = appliance::image_disk()?;
-    let sec = secondary(ctx, &img, false)?;
+    let sec = secondary(ctx, &img, false, None)?;
     let mut notes = sec.notes.clone();
     let target = ctx.blank("primary.raw", mib)?;
     let target_scratch = Scratch(vec![target.clone()]);
@@ -776,7 +784,7 @@ fn ends(path: &Path) -> Result<Vec<u8>> {
 fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     let img = appliance::image_disk()?;
-    let sec = secondary(ctx, &img, true)?;
+    let sec = secondary(ctx, &img, true, None)?;
     let mut notes = sec.notes.clone();
     let primary = ctx.blank("primary.raw", appliance::DISK_MIB)?;
     let _scratch = Scratch(vec![primary.clone()]);

@@ -41,6 +41,9 @@ mod provisiontest;
 #[path = "restoretest.rs"]
 mod restoretest;
 
+#[path = "copyback_test.rs"]
+mod copyback_test;
+
 /// No scenario runs longer than this, whatever its own waits say.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 /// From QEMU start to the init script's first line, under TCG.
@@ -139,6 +142,7 @@ const SCENARIOS: &[Scenario] = &[
     restoretest::LARGER,
     restoretest::SMALLER,
     restoretest::CORRUPT,
+    copyback_test::COPY_BACK,
     provisiontest::APPLIANCE,
 ];
 
