@@ -11,10 +11,14 @@
 //! Does not own: the corpus (`corpus.rs`), the VM scenarios (`restoretest.rs`).
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use understudy::boot::PrimaryDisk;
+use understudy::layout::{Bytes, MIB};
 
 use crate::run::Cmd;
 use crate::{corpus, repo_root, target_dir};
@@ -277,3 +281,80 @@ umount /b /r
 lvm vgchange -an vg0 >/dev/null 2>&1
 echo "CHECKS-DONE"
 "#;
+
+/// The appliance image's `/` and `/boot` filesystem UUIDs, from its manifest: what
+/// the secondary's GRUB looks for to tell whether the primary is present and to find
+/// the disk whose MBR it chainloads (the restore keeps the recorded UUIDs).
+pub fn primary_fs_uuids(img: &ImageDisk) -> Result<PrimaryDisk> {
+    let manifest = understudy::image::manifest::Manifest::load(&img.image)?;
+    let uuid = |mount: &str| {
+        manifest
+            .layout
+            .filesystems
+            .iter()
+            .find(|f| f.mountpoint.as_deref() == Some(mount))
+            .and_then(|f| f.uuid.clone())
+            .with_context(|| format!("the image's layout has no {mount} filesystem with a UUID"))
+    };
+    Ok(PrimaryDisk {
+        root_fs_uuid: uuid("/")?,
+        boot_fs_uuid: uuid("/boot")?,
+        esp_fs_uuid: None,
+    })
+}
+
+/// `tree/IMAGE_ID/`: hard links to the cached image's files, except a copy of the
+/// root archive with one byte flipped in its middle when `corrupt` (the cache stays
+/// as it was). Returns the files' total size.
+pub fn images_tree(img: &ImageDisk, tree: &Path, corrupt: bool) -> Result<u64> {
+    let dir = tree.join(IMAGE_ID);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut total = 0u64;
+    let entries =
+        fs::read_dir(&img.image).with_context(|| format!("listing {}", img.image.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", img.image.display()))?;
+        let from = entry.path();
+        let to = dir.join(entry.file_name());
+        total = total
+            .checked_add(entry.metadata()?.len())
+            .context("the image's size overflows")?;
+        if corrupt && entry.file_name() == "root.tar.lzo" {
+            fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            flip_middle_byte(&to)?;
+        } else {
+            fs::hard_link(&from, &to)
+                .with_context(|| format!("linking {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Inverts the byte in the middle of `path`.
+fn flip_middle_byte(path: &Path) -> Result<()> {
+    let what = || format!("flipping a byte of {}", path.display());
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(what)?;
+    let at = f.metadata().with_context(what)?.len() / 2;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).with_context(what)?;
+    f.read_exact(&mut b).with_context(what)?;
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(at)).with_context(what)?;
+    f.write_all(&b).with_context(what)?;
+    f.sync_all().with_context(what)
+}
+
+/// The images partition for `bytes` of image files: a tenth more and 64 MiB for
+/// ext4's journal and tables, in whole MiB.
+pub fn images_partition(bytes: u64) -> Result<Bytes> {
+    let want = bytes
+        .checked_add(bytes / 10)
+        .and_then(|b| b.checked_add(64 * MIB))
+        .context("the images partition's size overflows")?;
+    Ok(Bytes(want.div_ceil(MIB) * MIB))
+}

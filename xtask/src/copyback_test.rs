@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use understudy::restore::copyback;
 
-use super::restoretest::{self, primary_fs_uuids};
+use super::restoretest;
 use super::{Ctx, Firmware, STEP, Scenario, secs};
 use crate::appliance;
 use crate::images;
@@ -179,7 +179,7 @@ fn copy_back(ctx: &Ctx) -> Result<Vec<String>> {
         .output()
         .context("creating an overlay over the restored primary")?;
     let img = appliance::image_disk()?;
-    let uuids = primary_fs_uuids(&img)?;
+    let uuids = appliance::primary_fs_uuids(&img)?;
     let (tree, tree_notes) = emergency_tree(&ctx.dir)?;
     notes.extend(tree_notes);
     let sec = restoretest::secondary(ctx, &img, false, Some(tree))?;

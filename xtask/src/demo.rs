@@ -27,6 +27,7 @@ use understudy::boot::{self, Env, PrimaryDisk};
 use understudy::initramfs::{self, Init, Spec};
 use understudy::layout::{Bytes, MIB};
 
+use crate::appliance;
 use crate::corpus::{self, human_bytes};
 use crate::images::{self, PrimarySpec, SecondarySpec};
 use crate::kernel::{self, Kernel};
@@ -112,7 +113,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let k = kernel::ensure()?;
     let dir = target_dir().join("demo");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let pair = build_pair(&k, &dir)?;
+    let pair = build_pair(&k, &dir, opts.primary)?;
     let qemu_args = qemu_args(&dir, &pair, opts)?;
     let cmd = Cmd::new("qemu-system-x86_64").args(&qemu_args);
     let primary_note = match opts.primary {
@@ -154,7 +155,9 @@ pub fn main(args: &[String]) -> Result<()> {
 /// The demo's disks.
 struct Pair {
     primary: PathBuf,
-    primary_bytes: Bytes,
+    /// The blank replacement's size: the image's disk when there is an image to
+    /// restore onto it, else the demo primary's.
+    replacement_mib: u64,
     secondary: PathBuf,
 }
 
@@ -178,7 +181,30 @@ fn busybox_initrd(k: &Kernel, out: &Path, banner: &str) -> Result<()> {
 }
 
 /// Builds `target/demo/{primary,secondary}.raw` and the initrds they hold.
-fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
+/// The Debian appliance's image (`appliance.rs`) as a tree for the secondary's images
+/// filesystem (hard links, under `dir/images-tree/`), that filesystem's size, and the
+/// image's filesystem UUIDs; `None` (with the reason printed) when it cannot be made,
+/// so the demo still boots.
+fn appliance_image(dir: &Path) -> Option<(PathBuf, Bytes, PrimaryDisk)> {
+    let made = (|| -> Result<(PathBuf, Bytes, PrimaryDisk)> {
+        let img = appliance::image_disk()?;
+        let tree = dir.join("images-tree");
+        if tree.exists() {
+            fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+        }
+        let size = appliance::images_partition(appliance::images_tree(&img, &tree, false)?)?;
+        Ok((tree, size, appliance::primary_fs_uuids(&img)?))
+    })();
+    match made {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("demo: no image on the secondary's images partition: {e:#}");
+            None
+        }
+    }
+}
+
+fn build_pair(k: &Kernel, dir: &Path, slot: PrimarySlot) -> Result<Pair> {
     let appliance_initrd = dir.join("appliance-initrd.img");
     busybox_initrd(
         k,
@@ -227,12 +253,29 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
         recovery_entry: Some(images::RECOVERY_UUID.to_string()),
     })?;
 
+    // The Debian appliance's image goes on the images partition. With a blank
+    // replacement, the story is that the primary which died ran that appliance: the
+    // secondary's GRUB looks for the image's filesystems, so once the console has
+    // restored it onto the blank disk, GRUB finds and chainloads it.
+    let image = appliance_image(dir);
     let mut menu = images::test_boot();
-    menu.primary = Some(PrimaryDisk {
-        root_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
-        boot_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
-        esp_fs_uuid: Some(images::PRIMARY_ESP_VOLUME_ID.to_string()),
+    menu.primary = Some(match (&image, slot) {
+        (Some((_, _, uuids)), PrimarySlot::Blank) => uuids.clone(),
+        _ => PrimaryDisk {
+            root_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
+            boot_fs_uuid: images::PRIMARY_ROOT_UUID.to_string(),
+            esp_fs_uuid: Some(images::PRIMARY_ESP_VOLUME_ID.to_string()),
+        },
     });
+    let replacement_mib = match image {
+        Some(_) => appliance::DISK_MIB,
+        None => primary_bytes.0.div_ceil(MIB),
+    };
+    let images_fs = image.map(|(tree, size, _)| (tree, size));
+    let secondary_bytes = match &images_fs {
+        Some((_, size)) => images::secondary_bytes_with(*size),
+        None => images::secondary_bytes(),
+    };
     menu.menu_timeout_secs = MENU_SECS;
     menu.fallback_timeout_secs = FALLBACK_SECS;
     let ready = boot::encode(&Env::with_emergency(Some("demo-appliance")))?.to_vec();
@@ -251,14 +294,14 @@ fn build_pair(k: &Kernel, dir: &Path) -> Result<Pair> {
         next_entry: None,
         recorded: Some(images::recorded_virtio(
             (PRIMARY_SERIAL, primary_bytes),
-            (SECONDARY_SERIAL, images::secondary_bytes()),
+            (SECONDARY_SERIAL, secondary_bytes),
         )),
-        images: None,
+        images: images_fs,
         emergency_root: None,
     })?;
     Ok(Pair {
         primary,
-        primary_bytes,
+        replacement_mib,
         secondary,
     })
 }
@@ -327,7 +370,7 @@ fn qemu_args(dir: &Path, pair: &Pair, o: Options) -> Result<Vec<String>> {
         PrimarySlot::Blank => {
             let blank = dir.join("replacement.raw");
             let _ = fs::remove_file(&blank);
-            qemu::create_blank(&blank, pair.primary_bytes.0.div_ceil(MIB))?;
+            qemu::create_blank(&blank, pair.replacement_mib)?;
             let mut d =
                 DiskSpec::virtio("replacement", blank, ImageFormat::Raw, REPLACEMENT_SERIAL);
             d.bootindex = Some(2);

@@ -211,7 +211,7 @@ fn sgdisk_verify(image: &Path) -> Result<String> {
 /// onto the same disk. Returns a note.
 fn capture_layout(vm: &Machine) -> Result<String> {
     let img = crate::appliance::image_disk()?;
-    let uuids = super::restoretest::primary_fs_uuids(&img)?;
+    let uuids = crate::appliance::primary_fs_uuids(&img)?;
     shell_ok(
         vm,
         "CAPTURE",

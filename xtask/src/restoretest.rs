@@ -42,7 +42,7 @@ use crate::images::{self, SecondarySpec};
 use crate::qemu::{DirectBoot, DiskSpec, ImageFormat, Key, Machine, MachineSpec};
 use crate::run::Cmd;
 use crate::target_dir;
-use understudy::boot::{self, Env, PrimaryDisk};
+use understudy::boot::{self, Env};
 use understudy::console::view::RESTORE_TITLE;
 use understudy::disk::Bytes;
 use understudy::layout::{Bytes as LayoutBytes, MIB};
@@ -151,83 +151,6 @@ pub(super) struct Secondary {
     pub(super) notes: Vec<String>,
 }
 
-/// The appliance image's `/` and `/boot` filesystem UUIDs, from its manifest: what
-/// the secondary's GRUB looks for to tell whether the primary is present and to find
-/// the disk whose MBR it chainloads (the restore keeps the recorded UUIDs).
-pub(super) fn primary_fs_uuids(img: &ImageDisk) -> Result<PrimaryDisk> {
-    let manifest = understudy::image::manifest::Manifest::load(&img.image)?;
-    let uuid = |mount: &str| {
-        manifest
-            .layout
-            .filesystems
-            .iter()
-            .find(|f| f.mountpoint.as_deref() == Some(mount))
-            .and_then(|f| f.uuid.clone())
-            .with_context(|| format!("the image's layout has no {mount} filesystem with a UUID"))
-    };
-    Ok(PrimaryDisk {
-        root_fs_uuid: uuid("/")?,
-        boot_fs_uuid: uuid("/boot")?,
-        esp_fs_uuid: None,
-    })
-}
-
-/// `tree/IMAGE_ID/`: hard links to the cached image's files, except a copy of the
-/// root archive with one byte flipped in its middle when `corrupt` (the cache stays
-/// as it was). Returns the files' total size.
-fn images_tree(img: &ImageDisk, tree: &Path, corrupt: bool) -> Result<u64> {
-    let dir = tree.join(appliance::IMAGE_ID);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut total = 0u64;
-    let entries =
-        fs::read_dir(&img.image).with_context(|| format!("listing {}", img.image.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", img.image.display()))?;
-        let from = entry.path();
-        let to = dir.join(entry.file_name());
-        total = total
-            .checked_add(entry.metadata()?.len())
-            .context("the image's size overflows")?;
-        if corrupt && entry.file_name() == "root.tar.lzo" {
-            fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-            flip_middle_byte(&to)?;
-        } else {
-            fs::hard_link(&from, &to)
-                .with_context(|| format!("linking {} to {}", from.display(), to.display()))?;
-        }
-    }
-    Ok(total)
-}
-
-/// Inverts the byte in the middle of `path`.
-fn flip_middle_byte(path: &Path) -> Result<()> {
-    let what = || format!("flipping a byte of {}", path.display());
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(what)?;
-    let at = f.metadata().with_context(what)?.len() / 2;
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(at)).with_context(what)?;
-    f.read_exact(&mut b).with_context(what)?;
-    b[0] ^= 0xff;
-    f.seek(SeekFrom::Start(at)).with_context(what)?;
-    f.write_all(&b).with_context(what)?;
-    f.sync_all().with_context(what)
-}
-
-/// The images partition for `bytes` of image files: a tenth more and 64 MiB for
-/// ext4's journal and tables, in whole MiB.
-fn images_partition(bytes: u64) -> Result<LayoutBytes> {
-    let want = bytes
-        .checked_add(bytes / 10)
-        .and_then(|b| b.checked_add(64 * MIB))
-        .context("the images partition's size overflows")?;
-    Ok(LayoutBytes(want.div_ceil(MIB) * MIB))
-}
-
 /// Builds the scenario's secondary: the appliance image at the images filesystem's
 /// root (corrupted when asked), the emergency filesystem from `emergency_root` when
 /// given (else the recovery kernel and initrd as stand-ins), the emergency copy not
@@ -249,9 +172,9 @@ pub(super) fn secondary(
     // built; the disk when the scenario ends.
     let _build = Scratch(vec![tree.clone(), work.clone()]);
     let scratch = Scratch(vec![disk.clone()]);
-    let size = images_partition(images_tree(img, &tree, corrupt)?)?;
+    let size = appliance::images_partition(appliance::images_tree(img, &tree, corrupt)?)?;
     let mut menu = images::test_boot();
-    menu.primary = Some(primary_fs_uuids(img)?);
+    menu.primary = Some(appliance::primary_fs_uuids(img)?);
     let env = boot::encode(&Env::with_emergency(None))?.to_vec();
     let bytes = images::secondary_bytes_with(size);
     images::build_secondary(&SecondarySpec {
