@@ -29,7 +29,7 @@ use understudy::initramfs::{self, Init, Spec};
 use understudy::layout::Bytes;
 
 use super::boottest::recovery_initrd;
-use super::{BOOT, Ctx, Firmware, STEP, Scenario, expect_poweroff, secs};
+use super::{BOOT, Ctx, Firmware, STEP, Scenario, expect_poweroff, secs, shell_ready};
 use crate::images::{self, SecondarySpec};
 use crate::qemu::{DirectBoot, DiskSpec, ImageFormat, Key, Machine};
 
@@ -332,7 +332,7 @@ fn restore(ctx: &Ctx) -> Result<Vec<String>> {
     vm.send_key(Key::Enter)?;
     vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, STEP)?;
     vm.send_keys("q")?;
-    vm.wait_for_text(regex(r"(?m)^/ # ")?, STEP)?;
+    shell_ready(&vm)?;
     if !shell(
         &vm,
         "sgdisk -v /dev/vdb | grep -q 'No problems found'",

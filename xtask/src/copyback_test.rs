@@ -233,7 +233,7 @@ fn copy_back(ctx: &Ctx) -> Result<Vec<String>> {
     vm.send_key(Key::Enter)?;
     vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, STEP)?;
     vm.send_keys("s")?;
-    vm.wait_for_text(re(r"(?m)^/ # ")?, STEP)?;
+    super::shell_ready(&vm)?;
     let vg = appliance::VG;
     let mounted = value(
         &vm,

@@ -442,6 +442,27 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// Waits until a shell just started on the console reads what is typed: an `echo`
+/// typed until it is answered. A prompt on the screen is not enough: when the
+/// recovery console hands the terminal back, the screen it saved (with an old
+/// prompt) comes back before the shell reads, and keys typed then are lost.
+fn shell_ready(vm: &Machine) -> Result<()> {
+    for _ in 0..6 {
+        vm.send_keys("echo SHELL-READY=$((40+2))")?;
+        vm.send_key(Key::Enter)?;
+        if vm
+            .wait_for_text("SHELL-READY=42", Duration::from_secs(5))
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    bail!(
+        "the shell did not answer on the console:\n{}",
+        vm.console().framed_screen()
+    )
+}
+
 /// Waits for QEMU to exit after the guest's `poweroff -f`, checking that it
 /// was a guest power-off.
 fn expect_poweroff(vm: &mut Machine) -> Result<String> {
