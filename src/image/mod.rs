@@ -54,8 +54,12 @@ impl ImageEntry {
     }
 }
 
+/// The directory `mke2fs` makes at the root of every ext4 filesystem: never an image.
+pub const LOST_FOUND: &str = "lost+found";
+
 /// The images in `dir`, newest first. Directories whose name starts with `.` or ends
-/// with [`PARTIAL_SUFFIX`] are not images (yet) and are skipped; every other
+/// with [`PARTIAL_SUFFIX`] are not images (yet) and are skipped, and so is
+/// [`LOST_FOUND`] (every ext4 images filesystem has one at its root); every other
 /// directory is listed, with its manifest or the reason it cannot be read.
 /// A missing `dir` has no images.
 pub fn list(dir: &Path) -> Result<Vec<ImageEntry>> {
@@ -70,7 +74,7 @@ pub fn list(dir: &Path) -> Result<Vec<ImageEntry>> {
         let Ok(name) = e.file_name().into_string() else {
             continue;
         };
-        if name.starts_with('.') || name.ends_with(PARTIAL_SUFFIX) {
+        if name.starts_with('.') || name.ends_with(PARTIAL_SUFFIX) || name == LOST_FOUND {
             continue;
         }
         let path = e.path();

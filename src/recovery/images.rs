@@ -99,6 +99,8 @@ mod tests {
         let bad = out.join("20261125T031500Z-pbx");
         std::fs::create_dir_all(&bad).unwrap();
         std::fs::write(bad.join(crate::image::manifest::FILE), "{").unwrap();
+        // The root of an ext4 images filesystem: not an image, not a problem.
+        std::fs::create_dir_all(out.join(crate::image::LOST_FOUND)).unwrap();
 
         let images = list(&out).unwrap();
         assert_eq!(images.len(), 2, "{images:?}");
