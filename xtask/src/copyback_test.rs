@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use understudy::restore::copyback;
@@ -42,6 +42,8 @@ pub const COPY_BACK: Scenario = Scenario {
 const PRIMARY_SERIAL: &str = "US-PRIMARY-0001";
 const SECONDARY_SERIAL: &str = "US-SECONDARY-0002";
 const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+/// This scenario's machine, after the restored primary is there.
+const LIMIT: Duration = Duration::from_secs(600);
 /// From QEMU start to the console's first screen, direct boot.
 const BOOT: Duration = Duration::from_secs(120);
 /// Activating LVM, mounting, indexing the emergency tree, copying, syncing.
@@ -186,6 +188,9 @@ fn copy_back(ctx: &Ctx) -> Result<Vec<String>> {
     notes.extend(sec.notes.iter().cloned());
 
     let mut spec = ctx.spec();
+    // Its own bound: the harness's 180 s may be gone already if the restored primary
+    // had to be made again (a restore under emulation).
+    spec.deadline = Some(Instant::now() + LIMIT);
     ctx.booted_kernel.set(true);
     spec.memory_mib = 1024;
     spec.cpus = 2;

@@ -234,10 +234,12 @@ fn capture_layout(vm: &Machine) -> Result<String> {
             r#""mountpoint": *"/boot""#.to_string(),
         ),
     ];
-    for (what, pattern) in &wanted {
+    // A name per step: `shell_step` reads the answer from the log after the typing,
+    // and an earlier step's answer is still on the screen.
+    for (i, (what, pattern)) in wanted.iter().enumerate() {
         let t = shell_step(
             vm,
-            "CAPTURED",
+            &format!("CAPTURED-{i}"),
             &format!("grep -q '{pattern}' /tmp/layout.json"),
             SHELL_STEP,
         )?;
