@@ -295,11 +295,10 @@ fn copy_back(ctx: &Ctx) -> Result<Vec<String>> {
         "umount /mnt/p && lvm vgchange -a n vg0 >/dev/null",
         STEP,
     )?;
-    vm.send_keys("exit")?;
-    vm.send_key(Key::Enter)?;
-    vm.wait_for_text(understudy::init::menu::LINE_RECOVERY, STEP)?;
-    vm.send_keys("p")?;
-    let off = super::expect_poweroff(&mut vm)?;
-    notes.push(format!("`p`: {off}"));
+    // The checks are done: cut the power rather than type `exit` and `p`, whose keys
+    // can reach the console while it takes the terminal back (seen: `exit` read as
+    // the console's `e`, `x`, `i`, `t`, and `p` landing in a new shell).
+    let off = vm.power_cut()?;
+    notes.push(format!("power cut after the checks ({} to go)", secs(off)));
     Ok(notes)
 }
