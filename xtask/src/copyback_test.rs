@@ -174,12 +174,7 @@ fn value(vm: &Machine, name: &str, line: &str, timeout: Duration) -> Result<Stri
 fn copy_back(ctx: &Ctx) -> Result<Vec<String>> {
     let (base, mut notes) = restoretest::restored_primary(ctx, false)?;
     let primary = ctx.dir.join("primary.qcow2");
-    Cmd::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(base.canonicalize()?)
-        .arg(&primary)
-        .output()
-        .context("creating an overlay over the restored primary")?;
+    restoretest::qcow2_overlay(&base, &primary)?;
     let img = appliance::image_disk()?;
     let uuids = appliance::primary_fs_uuids(&img)?;
     let (tree, tree_notes) = emergency_tree(&ctx.dir)?;

@@ -650,7 +650,7 @@ pub fn restored_primary(ctx: &Ctx, fresh: bool) -> Result<(PathBuf, Vec<String>)
 }
 
 /// A qcow2 overlay over a qcow2 base.
-fn qcow2_overlay(base: &Path, overlay: &Path) -> Result<()> {
+pub(super) fn qcow2_overlay(base: &Path, overlay: &Path) -> Result<()> {
     let _ = fs::remove_file(overlay);
     Cmd::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
