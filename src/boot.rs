@@ -472,9 +472,14 @@ if [ "$understudy_env" = none ]; then set emergency_ready=0; fi
         Some(p) => {
             let _ = write!(
                 c,
-                r#"# The primary is present when its root filesystem is found.
+                r#"# The primary is present when its root filesystem is found. GRUB 2.06's
+# --no-floppy ends the device walk at the first floppy drive, before the LVM volumes
+# are scanned: with a floppy drive in the BIOS (a BMC's virtual one) a root on LVM is
+# only found by a second search that walks the floppies too.
 set understudy_primary=absent
 if search --no-floppy --fs-uuid --set=understudy_primary_root {root}; then
+  set understudy_primary=present
+elif search --fs-uuid --set=understudy_primary_root {root}; then
   set understudy_primary=present
 fi
 

@@ -221,10 +221,15 @@ pub(super) fn secondary(
 
 /// SeaBIOS with the secondary first in the boot order and `target` (a replacement
 /// disk with a new serial) in the primary's slot (vda); a guest reboot resets the
-/// machine instead of ending QEMU.
+/// machine instead of ending QEMU. An empty floppy drive too, as a BMC's virtual
+/// floppy on a real server: with one, GRUB 2.06's `search --no-floppy` never reaches
+/// the LVM volumes, and the secondary's GRUB once took a restored LVM primary for
+/// absent (`boot::render_grub_cfg` searches again without it).
 fn chain_machine(ctx: &Ctx, deadline: Instant, secondary: &Path, target: &Path) -> Result<Machine> {
     let mut s = spec(ctx, deadline);
     s.no_reboot = false;
+    s.extra_args
+        .extend(["-drive", "if=floppy,index=0"].map(String::from));
     let mut t = DiskSpec::virtio("primary", target, ImageFormat::Raw, TARGET_SERIAL);
     t.bootindex = Some(2);
     let mut d = DiskSpec::virtio("secondary", secondary, ImageFormat::Raw, SECONDARY_SERIAL);
