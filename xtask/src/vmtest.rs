@@ -142,6 +142,7 @@ const SCENARIOS: &[Scenario] = &[
     restoretest::LARGER,
     restoretest::SMALLER,
     restoretest::CORRUPT,
+    restoretest::LVM_PRIMARY_FLOPPY,
     copyback_test::COPY_BACK,
     provisiontest::APPLIANCE,
 ];
