@@ -680,15 +680,21 @@ pub(super) fn qcow2_overlay(base: &Path, overlay: &Path) -> Result<()> {
         .context("creating an overlay over the restored primary")
 }
 
+/// The recorded primary's disk: a qcow2 overlay over the restored primary `base`,
+/// removed when the returned guard goes.
+fn primary_overlay(ctx: &Ctx, base: &Path) -> Result<(DiskSpec, Scratch)> {
+    let overlay = ctx.dir.join("primary.qcow2");
+    qcow2_overlay(base, &overlay)?;
+    let disk = DiskSpec::virtio("primary", &overlay, ImageFormat::Qcow2, RECORDED_SERIAL);
+    Ok((disk, Scratch(vec![overlay])))
+}
+
 fn same_size(ctx: &Ctx) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     // Cached before its first boot; booting an overlay of the cached base proves
     // what other scenarios start from.
     let (base, mut notes) = restored_primary(ctx, true)?;
-    let overlay = ctx.dir.join("primary.qcow2");
-    qcow2_overlay(&base, &overlay)?;
-    let _scratch = Scratch(vec![overlay.clone()]);
-    let disk = DiskSpec::virtio("primary", &overlay, ImageFormat::Qcow2, RECORDED_SERIAL);
+    let (disk, _scratch) = primary_overlay(ctx, &base)?;
     notes.extend(boot_restored(ctx, deadline, disk)?);
     Ok(notes)
 }
@@ -797,13 +803,10 @@ fn corrupt(ctx: &Ctx) -> Result<Vec<String>> {
 fn lvm_primary_floppy(ctx: &Ctx) -> Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     let (base, mut notes) = restored_primary(ctx, false)?;
-    let overlay = ctx.dir.join("primary.qcow2");
-    qcow2_overlay(&base, &overlay)?;
-    let _scratch = Scratch(vec![overlay.clone()]);
+    let (primary, _scratch) = primary_overlay(ctx, &base)?;
     let img = appliance::image_disk()?;
     let sec = secondary(ctx, &img, false, None)?;
     notes.extend(sec.notes.iter().cloned());
-    let primary = DiskSpec::virtio("primary", &overlay, ImageFormat::Qcow2, RECORDED_SERIAL);
     let vm = chain_machine(ctx, deadline, &sec.disk, primary, true)?;
     vm.wait_for_text(
         re(r"understudy: emergency_ready=0 \(env copy a\), primary present")?,
