@@ -171,6 +171,11 @@ Examples:
         /// Start-up notes to show, one a line (PID 1 passes its own)
         #[arg(long, value_name = "FILE")]
         notes: Option<PathBuf>,
+        /// The disk inventory PID 1 has just taken (JSON, as `disks --json` prints it
+        /// within a hand-over), used for the first screen when /sys/block still
+        /// lists the same devices
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
     },
 }
 
@@ -574,11 +579,13 @@ fn run(cli: Cli) -> Result<()> {
             auto,
             images,
             notes,
+            inventory,
         } => crate::console::main(crate::console::Config {
             no_color,
             auto,
             images,
             notes,
+            inventory,
         }),
         Command::CopyBack {
             disk: Some(disk),

@@ -91,6 +91,27 @@ pub fn set_env_before_threads(key: &str, value: &str) {
     unsafe { std::env::set_var(key, value) };
 }
 
+/// Sets the calling thread's nice value (`setpriority(PRIO_PROCESS, gettid(), nice)`;
+/// on Linux the nice value is per thread, and threads it then creates inherit it).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: setpriority takes plain integers and touches no memory of ours. (A raw
+    // system call: in the static build, glibc's wrapper came out as a null pointer.)
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_setpriority,
+            libc::PRIO_PROCESS as libc::c_long,
+            tid as libc::c_long,
+            nice as libc::c_long,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Restarts the machine at once, without syncing: what a power cut does to the page
 /// cache, for the failpoints of the power-cut tests. Returns only if the kernel refused
 /// (not root, or not allowed in this namespace).
@@ -140,6 +161,29 @@ pub fn kexec_file_load(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Field 19 of `/proc/thread-self/stat`: the calling thread's nice value.
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn nice_applies_to_the_calling_thread_only() {
+        let before = own_nice();
+        let target = (before + 3).min(19);
+        let (in_thread, child_of_it) = std::thread::spawn(move || {
+            set_thread_nice(target).unwrap();
+            let child = std::thread::spawn(own_nice).join().unwrap();
+            (own_nice(), child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(in_thread, target);
+        assert_eq!(child_of_it, target, "threads it creates inherit it");
+        assert_eq!(own_nice(), before, "the other threads keep theirs");
+    }
 
     #[test]
     fn writeback_accepts_a_regular_file_and_rejects_a_pipe() {

@@ -39,7 +39,7 @@ use crate::disk::Inventory;
 use crate::init::console::{CLEAR, Size, effective_size};
 use crate::init::mounts::MountGuard;
 use crate::init::recorded::RECOVERY_LABEL;
-use crate::init::supervise::DRAWN_ENV;
+use crate::init::supervise::{DRAWN_ENV, HandOver};
 use crate::recovery::emergency::EmergencyBoot;
 use crate::recovery::gather::{self, MOUNT_ROOT, find_label};
 use crate::recovery::images;
@@ -62,6 +62,8 @@ pub struct Config {
     pub images: Option<PathBuf>,
     /// PID 1's start-up notes, one a line.
     pub notes: Option<PathBuf>,
+    /// PID 1's inventory ([`HandOver`]), for the first screen.
+    pub inventory: Option<PathBuf>,
 }
 
 /// The options from the configuration, the kernel command line and `TERM`.
@@ -204,6 +206,8 @@ fn key(ev: event::KeyEvent) -> Option<Key> {
 /// What the executor holds between effects.
 struct World {
     sources: gather::Sources,
+    /// PID 1's inventory, for the first gathering only.
+    handed_over: Option<Inventory>,
     images_mount: Option<MountGuard>,
     tx: Sender<Msg>,
     /// The pid of the restore or copy-back child while it runs.
@@ -214,7 +218,7 @@ impl World {
     fn situation(&mut self) -> Situation {
         // Unmount the old view before mounting again at the same place.
         self.images_mount = None;
-        let g = gather::gather(&self.sources);
+        let g = gather::gather(&self.sources, self.handed_over.take());
         self.images_mount = g.images_mount;
         situation::decide(g.facts)
     }
@@ -223,6 +227,7 @@ impl World {
 /// Runs the console on the current terminal until the technician quits (`q`) or the
 /// machine reboots.
 pub fn main(cfg: Config) -> Result<()> {
+    timeline("started");
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let term_var = std::env::var("TERM").ok();
     let opts = options(&cfg, &Cmdline::parse(cmdline.trim()), term_var.as_deref());
@@ -237,13 +242,16 @@ pub fn main(cfg: Config) -> Result<()> {
     sources.images_dir = cfg.images.clone();
     let mut world = World {
         sources,
+        handed_over: cfg.inventory.as_deref().and_then(HandOver::take),
         images_mount: None,
         tx,
         engine: None,
     };
     let situation = world.situation();
+    timeline("facts gathered");
     let state = State::new(situation, opts, notes);
     let mut guard = TerminalGuard::new()?;
+    timeline("terminal set up");
     event_loop(&mut guard, state, &mut world, &rx)
 }
 
@@ -253,24 +261,25 @@ fn tell_drawn() {
     if let Some(path) = std::env::var_os(DRAWN_ENV) {
         // PID 1 starts the work anyway after a while: a failure only delays it.
         let _ = std::fs::write(path, b"");
-        // In PID 1's log, for the boot's timeline (`dmesg`).
+        timeline("first screen drawn");
+    }
+}
+
+/// A line in PID 1's log, for the boot's timeline (`dmesg`); only when PID 1 started
+/// this console (it names [`DRAWN_ENV`]): run by hand, the kernel log is not ours.
+fn timeline(what: &str) {
+    if std::env::var_os(DRAWN_ENV).is_some() {
         let _ = OpenOptions::new()
             .write(true)
             .open("/dev/kmsg")
-            .and_then(|mut k| k.write_all(b"understudy: recovery console: first screen drawn\n"));
+            .and_then(|mut k| {
+                k.write_all(format!("understudy: recovery console: {what}\n").as_bytes())
+            });
     }
 }
 
 fn block_devices() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/sys/block")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    crate::init::block_devices(Path::new(crate::init::SYS_BLOCK))
 }
 
 fn event_loop(

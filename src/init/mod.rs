@@ -32,6 +32,7 @@ pub mod reaper;
 pub mod recorded;
 pub mod status;
 pub mod supervise;
+pub mod uevent;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -126,7 +127,7 @@ const FIRST_SCREEN_HOLD: Duration = Duration::from_secs(2);
 /// How long loading the modules wanted by name may take.
 const NAMED_BOUND: Duration = Duration::from_secs(20);
 /// Where the kernel lists block devices.
-const SYS_BLOCK: &str = "/sys/block";
+pub(crate) const SYS_BLOCK: &str = "/sys/block";
 
 /// The last panic's message, for the status screen.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
@@ -296,6 +297,7 @@ fn load_drivers() -> String {
         }
     };
     let dir = Path::new("/lib/modules").join(&release);
+    let began = Instant::now();
     let index = match Index::load(&dir) {
         Ok(i) => i,
         Err(e) => {
@@ -304,13 +306,42 @@ fn load_drivers() -> String {
             return msg;
         }
     };
+    log::info(&format!(
+        "module index read in {} ms",
+        began.elapsed().as_millis()
+    ));
     let d = DRIVERS.get_or_init(|| Drivers { index, dir });
     let began = Instant::now();
-    let report =
-        modload::load_for_devices(&d.index, &d.dir, Path::new("/sys"), began + DRIVERS_BOUND);
+    // Opened before /sys is read, so no device falls between the two.
+    let events = uevent::Uevents::open()
+        .inspect_err(|e| log::warn(&format!("{e:#}; reading /sys after every module instead")))
+        .ok();
+    let devices = modload::Devices {
+        sys: Path::new("/sys"),
+        events: events.as_ref(),
+    };
+    let report = modload::load_for_devices(&d.index, &d.dir, devices, began + DRIVERS_BOUND);
     let line = format!("{} ({} ms)", report.summary(), began.elapsed().as_millis());
-    log::info(&line);
+    log::info(&format!(
+        "{line}; /sys read {} time(s), uevents {} time(s), {} ms in all",
+        report.scans,
+        report.event_checks,
+        report.scanning.as_millis()
+    ));
     line
+}
+
+/// The nice value of the threads that load drivers in the background: while PID 1
+/// takes the inventory and the console draws its first screen, they get the CPU only
+/// when those do not want it (on a one-CPU machine, libata's and ata_piix's loading
+/// used to stretch the inventory by a third). Idle otherwise, they lose nothing.
+const DRIVERS_NICE: i32 = 10;
+
+/// Gives the calling thread [`DRIVERS_NICE`].
+fn background_priority() {
+    if let Err(e) = sys::set_thread_nice(DRIVERS_NICE) {
+        log::warn(&format!("lowering the drivers' priority: {e}"));
+    }
 }
 
 /// Loads the drivers for the devices present on a thread of its own (here, if no
@@ -319,6 +350,7 @@ fn start_device_drivers() {
     let spawned = std::thread::Builder::new()
         .name("drivers".into())
         .spawn(|| {
+            background_priority();
             let line = load_drivers();
             *DEVICE_DRIVERS.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
         });
@@ -361,6 +393,7 @@ fn start_late_drivers() {
         let spawned = std::thread::Builder::new()
             .name("late-drivers".into())
             .spawn(|| {
+                background_priority();
                 if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
                     log::error(&note);
                     LATE_NOTES
@@ -417,7 +450,7 @@ fn regather(status: &mut Status) {
 }
 
 /// The names in `/sys/block`.
-fn block_devices(dir: &Path) -> Vec<String> {
+pub(crate) fn block_devices(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -432,9 +465,17 @@ fn block_devices(dir: &Path) -> Vec<String> {
 /// Whether to stop waiting for disks: the set of block devices has stayed the same
 /// for [`DISKS_STABLE`], and either the drivers are all in or there are disks to
 /// show (the screen says the drivers are still loading, and is drawn again when
-/// they are in).
-fn disks_settled(drivers_done: bool, disks: bool, same_for: Duration) -> bool {
-    same_for >= DISKS_STABLE && (drivers_done || disks)
+/// they are in). `loader_moved_on`: no module was loading when the set last changed,
+/// or one has finished since; a driver probing several disks in its init (virtio_blk
+/// one after the other) may add the next one more than [`DISKS_STABLE`] after the
+/// first.
+fn disks_settled(
+    drivers_done: bool,
+    disks: bool,
+    same_for: Duration,
+    loader_moved_on: bool,
+) -> bool {
+    same_for >= DISKS_STABLE && (drivers_done || (disks && loader_moved_on))
 }
 
 /// Waits until [`disks_settled`] (SCSI and ATA disks appear some time after their
@@ -444,6 +485,8 @@ fn wait_for_disks(dir: &Path) {
     let began = Instant::now();
     let mut last = block_devices(dir);
     let mut since = Instant::now();
+    // The loader's counters when the set last changed.
+    let mut at_change = modload::progress();
     let mut drivers_done_at: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(30));
@@ -454,7 +497,13 @@ fn wait_for_disks(dir: &Path) {
         if now != last {
             last = now;
             since = Instant::now();
-        } else if disks_settled(drivers_done_at.is_some(), !last.is_empty(), since.elapsed()) {
+            at_change = modload::progress();
+        } else if disks_settled(
+            drivers_done_at.is_some(),
+            !last.is_empty(),
+            since.elapsed(),
+            at_change.loading == 0 || modload::progress().finished > at_change.finished,
+        ) {
             break;
         }
         let out_of_time = match drivers_done_at {
@@ -480,7 +529,13 @@ fn gather(mut notes: Vec<String>) -> Status {
         lvm: disk::LvmSource::Skip,
         ..disk::Sources::system()
     };
+    let began = Instant::now();
     let inventory = disk::inventory(&sources);
+    log::info(&format!(
+        "inventory: {} disk(s) in {} ms",
+        inventory.disks.len(),
+        began.elapsed().as_millis()
+    ));
     for p in &inventory.problems {
         log::warn(&format!("inventory: {p}"));
     }
@@ -713,14 +768,18 @@ mod tests {
         let settled = DISKS_STABLE;
         let early = DISKS_STABLE / 2;
         // Disks there and steady: show them, even with drivers still loading.
-        assert!(disks_settled(false, true, settled));
-        assert!(disks_settled(true, true, settled));
+        assert!(disks_settled(false, true, settled, true));
+        assert!(disks_settled(true, true, settled, true));
         // No disks yet while drivers load: they may still come.
-        assert!(!disks_settled(false, false, settled));
+        assert!(!disks_settled(false, false, settled, true));
         // Drivers in and no disks: that is the answer.
-        assert!(disks_settled(true, false, settled));
+        assert!(disks_settled(true, false, settled, true));
         // A set that just changed is not steady yet.
-        assert!(!disks_settled(true, true, early));
+        assert!(!disks_settled(true, true, early, true));
+        // The module that was loading when the last disk came has not returned: it
+        // may be probing the next disk.
+        assert!(!disks_settled(false, true, settled, false));
+        assert!(disks_settled(true, true, settled, false));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Loading the drivers for the devices present: every `modalias` below
-//! `/sys/devices` is matched against the initramfs's module index (the pure
+//! Loading the drivers for the devices present: every device's `modalias` (read
+//! through `/sys/bus` and `/sys/class`) is matched against the initramfs's module index (the pure
 //! [`modules_for_modaliases`]), and the modules are handed to `finit_module` on
 //! [`loaders`] threads, each as soon as the modules it depends on are in (the pure
 //! [`prerequisites`]), so one slow probe (ata_piix waiting on emulated IDE ports)
@@ -14,13 +14,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 
+use super::uevent::Uevents;
 use crate::initramfs::modules::{Index, modules_for_modaliases};
 
 /// Loaded by name whatever the devices: the filesystems recovery mounts and the
@@ -67,6 +69,11 @@ pub struct Report {
     pub rounds: u32,
     /// The time bound ran out while modaliases were still appearing.
     pub timed_out: bool,
+    /// How often `/sys` was read for modaliases and the uevents looked at, and how
+    /// long that took in all: for the boot's timeline in the log.
+    pub scans: u32,
+    pub event_checks: u32,
+    pub scanning: Duration,
 }
 
 impl Report {
@@ -101,33 +108,42 @@ impl Report {
     }
 }
 
-/// Every `modalias` file's contents below `devices` (a `/sys/devices`), sorted, each
-/// once. Symbolic links are not followed (sysfs is full of links back up the tree);
-/// unreadable entries are skipped, as a device may vanish while we look.
-pub fn collect_modaliases(devices: &Path) -> BTreeSet<String> {
+/// Every device's `modalias` under `sys` (a `/sys`), sorted, each once: the devices
+/// of every bus (`bus/*/devices/*`), of every class (`class/*/*`: input devices, DMI),
+/// and the CPU's (`devices/system/cpu`, in neither). These are links into
+/// `/sys/devices`; reading through them, as udev's coldplug does, costs a few hundred
+/// lookups where walking `/sys/devices` reads thousands of directories: about half a
+/// second under emulation, and the loader reads the aliases again after every module.
+/// Unreadable entries are skipped, as a device may vanish while we look.
+pub fn collect_modaliases(sys: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut stack = vec![devices.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(ty) = entry.file_type() else {
-                continue;
-            };
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() && entry.file_name() == "modalias" {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    let alias = text.trim();
-                    if !alias.is_empty() {
-                        out.insert(alias.to_string());
-                    }
-                }
+    let mut read = |file: PathBuf| {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let alias = text.trim();
+            if !alias.is_empty() {
+                out.insert(alias.to_string());
             }
         }
+    };
+    for bus in entries(&sys.join("bus")) {
+        for device in entries(&bus.join("devices")) {
+            read(device.join("modalias"));
+        }
     }
+    for class in entries(&sys.join("class")) {
+        for device in entries(&class) {
+            read(device.join("modalias"));
+        }
+    }
+    read(sys.join("devices/system/cpu/modalias"));
     out
+}
+
+/// The entries of `dir`; none when it cannot be read.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 /// The modules to try for modaliases not seen before, leaving out those already
@@ -139,13 +155,37 @@ pub fn plan_round(index: &Index, new_aliases: &[String], tried: &BTreeSet<String
         .collect()
 }
 
+/// Modules in `finit_module` now, and returned from it so far, over all loaders.
+static LOADING: AtomicUsize = AtomicUsize::new(0);
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// The loaders' counters at one moment ([`progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub loading: usize,
+    pub finished: usize,
+}
+
+/// How far the loaders are: PID 1 waits for the module that was loading when a disk
+/// appeared to return, as it may be adding more.
+pub fn progress() -> Progress {
+    Progress {
+        loading: LOADING.load(Ordering::SeqCst),
+        finished: FINISHED.load(Ordering::SeqCst),
+    }
+}
+
 /// Hands one module file to the kernel.
 pub fn load_file(path: &Path) -> Loaded {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => return Loaded::Failed(format!("opening {}: {e}", path.display())),
     };
-    match finit_module(&file, c"", ModuleInitFlags::empty()) {
+    LOADING.fetch_add(1, Ordering::SeqCst);
+    let result = finit_module(&file, c"", ModuleInitFlags::empty());
+    LOADING.fetch_sub(1, Ordering::SeqCst);
+    FINISHED.fetch_add(1, Ordering::SeqCst);
+    match result {
         Ok(()) => Loaded::Loaded,
         Err(Errno::EEXIST) => Loaded::AlreadyThere,
         Err(Errno::ENODEV) => Loaded::NoDevice,
@@ -336,12 +376,26 @@ fn loader(index: &Index, mod_dir: &Path, queue: &Mutex<Queue>, cv: &Condvar) {
     }
 }
 
-/// Loads drivers for the devices below `sys/devices` on [`loaders`] threads, reading
-/// the modaliases again each time a module is in, until nothing is loading and no
-/// new modalias appeared, or `deadline` passes (then nothing more is started, and
-/// what is loading is waited for).
-pub fn load_for_devices(index: &Index, mod_dir: &Path, sys: &Path, deadline: Instant) -> Report {
-    load(index, mod_dir, Some(sys), &[], deadline)
+/// Where [`load_for_devices`] learns of devices: `sys` (a `/sys`) is read first, and
+/// then, each time a module is in, `events` is drained when given (a socket opened
+/// before `sys` was read, so nothing falls between them), or else `sys` read again.
+#[derive(Clone, Copy)]
+pub struct Devices<'a> {
+    pub sys: &'a Path,
+    pub events: Option<&'a Uevents>,
+}
+
+/// Loads drivers for the devices present on [`loaders`] threads, looking for new
+/// devices each time a module is in, until nothing is loading and no new modalias
+/// appeared, or `deadline` passes (then nothing more is started, and what is loading
+/// is waited for).
+pub fn load_for_devices(
+    index: &Index,
+    mod_dir: &Path,
+    devices: Devices,
+    deadline: Instant,
+) -> Report {
+    load(index, mod_dir, Some(devices), &[], deadline)
 }
 
 /// Loads the modules `names` (names or aliases, as [`Index::load_order`] takes them)
@@ -353,17 +407,17 @@ pub fn load_named(index: &Index, mod_dir: &Path, names: &[&str], deadline: Insta
     load(index, mod_dir, None, names, deadline)
 }
 
-/// [`load_for_devices`] when `sys` is given, then the modules `names` in the first
-/// batch.
+/// [`load_for_devices`] when `devices` is given, then the modules `names` in the
+/// first batch.
 fn load(
     index: &Index,
     mod_dir: &Path,
-    sys: Option<&Path>,
+    devices: Option<Devices>,
     names: &[&str],
     deadline: Instant,
 ) -> Report {
     let queue = Mutex::new(Queue {
-        rescans: sys.is_some(),
+        rescans: devices.is_some(),
         ..Queue::default()
     });
     let cv = Condvar::new();
@@ -378,8 +432,26 @@ fn load(
         let mut first = true;
         let mut done_seen = 0;
         loop {
-            let now = match sys {
-                Some(sys) => collect_modaliases(&sys.join("devices")),
+            let now = match devices {
+                Some(d) => {
+                    let began = Instant::now();
+                    let drained = match d.events {
+                        Some(events) if report.scans > 0 => {
+                            report.event_checks += 1;
+                            Some(events.drain()).filter(|e| !e.lost)
+                        }
+                        _ => None,
+                    };
+                    let now = match drained {
+                        Some(e) => e.aliases.into_iter().collect(),
+                        None => {
+                            report.scans += 1;
+                            collect_modaliases(d.sys)
+                        }
+                    };
+                    report.scanning += began.elapsed();
+                    now
+                }
                 None => BTreeSet::new(),
             };
             let new: Vec<String> = now.difference(&seen).cloned().collect();
@@ -458,42 +530,68 @@ mod tests {
     }
 
     #[test]
-    fn modaliases_are_collected_from_every_depth_without_following_links() {
+    fn modaliases_are_read_through_the_buses_the_classes_and_the_cpu() {
         let root = fake_sys("collect");
-        let dev = root.join("devices");
+        let link = |target: &str, at: &str| {
+            let at = root.join(at);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(root.join(target), at).unwrap();
+        };
+        let pci = "devices/pci0000:00/0000:00:04.0";
         put(
-            &dev,
-            "pci0000:00/0000:00:04.0/modalias",
+            &root,
+            &format!("{pci}/modalias"),
             "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
         );
+        link(pci, "bus/pci/devices/0000:00:04.0");
         put(
-            &dev,
-            "pci0000:00/0000:00:04.0/virtio1/modalias",
+            &root,
+            &format!("{pci}/virtio1/modalias"),
             "virtio:d00000002v00001AF4\n",
         );
+        link(&format!("{pci}/virtio1"), "bus/virtio/devices/virtio1");
         // The same alias twice (two identical disks) counts once.
         put(
-            &dev,
-            "pci0000:00/0000:00:05.0/virtio2/modalias",
+            &root,
+            "devices/pci0000:00/0000:00:05.0/virtio2/modalias",
             "virtio:d00000002v00001AF4\n",
         );
-        put(
-            &dev,
-            "platform/serial8250/modalias",
-            "platform:serial8250\n",
+        link(
+            "devices/pci0000:00/0000:00:05.0/virtio2",
+            "bus/virtio/devices/virtio2",
         );
-        put(&dev, "platform/empty/modalias", "\n");
-        put(&dev, "platform/serial8250/uevent", "DRIVER=serial8250\n");
-        // sysfs links back up the tree; following them would loop or double count.
-        std::os::unix::fs::symlink(&dev, dev.join("pci0000:00/0000:00:04.0/subsystem")).unwrap();
-        put(&root, "elsewhere/modalias", "pci:v0000DEADd0000BEEF\n");
-        std::os::unix::fs::symlink(root.join("elsewhere"), dev.join("platform/link")).unwrap();
-        let got: Vec<String> = collect_modaliases(&dev).into_iter().collect();
+        // An input device is in a class, not on a bus.
+        let input = "devices/platform/i8042/serio0/input/input0";
+        put(
+            &root,
+            &format!("{input}/modalias"),
+            "input:b0011v0001p0001eAB41-e0,1\n",
+        );
+        link(input, "class/input/input0");
+        put(
+            &root,
+            "devices/system/cpu/modalias",
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0094\n",
+        );
+        // A bus device without an alias, and one whose alias is empty.
+        put(
+            &root,
+            "devices/platform/serial8250/uevent",
+            "DRIVER=serial8250\n",
+        );
+        link(
+            "devices/platform/serial8250",
+            "bus/platform/devices/serial8250",
+        );
+        put(&root, "devices/platform/empty/modalias", "\n");
+        link("devices/platform/empty", "bus/platform/devices/empty");
+        let got: Vec<String> = collect_modaliases(&root).into_iter().collect();
         assert_eq!(
             got,
             [
+                "cpu:type:x86,ven0000fam0006mod003F:feature:,0094",
+                "input:b0011v0001p0001eAB41-e0,1",
                 "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
-                "platform:serial8250",
                 "virtio:d00000002v00001AF4",
             ]
         );

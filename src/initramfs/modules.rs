@@ -503,7 +503,7 @@ impl Index {
 }
 
 /// The modules PID 1 should load for the devices whose `modalias` strings (from
-/// `/sys/devices/**/modalias`) are given, in load order: every module with an alias
+/// `modalias` files under `/sys`) are given, in load order: every module with an alias
 /// pattern matching any of them, with dependencies first.
 pub fn modules_for_modaliases<S: AsRef<str>>(modaliases: &[S], index: &Index) -> Vec<String> {
     let mut matched: Vec<String> = Vec::new();

@@ -130,9 +130,10 @@ fn read_images(
     }
 }
 
-/// Everything, from the machine.
-pub fn gather(sources: &Sources) -> Gathered {
-    let inventory = disk::inventory(&sources.disks);
+/// Everything, from the machine; the disks from `inventory` when one was just taken
+/// (PID 1 hands its own to the console's first screen).
+pub fn gather(sources: &Sources, inventory: Option<Inventory>) -> Gathered {
+    let inventory = inventory.unwrap_or_else(|| disk::inventory(&sources.disks));
     let recorded = recorded::load(&inventory);
     let (env, env_problem, emergency_boot) = read_recovery(&inventory);
     let (images, images_problem, images_mount) = read_images(&inventory, sources);
