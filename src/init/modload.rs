@@ -1,13 +1,14 @@
 //! Loading the drivers for the devices present: every device's `modalias` (read
-//! through `/sys/bus` and `/sys/class`) is matched against the initramfs's module index (the pure
-//! [`modules_for_modaliases`]), and the modules are handed to `finit_module` on
-//! [`loaders`] threads, each as soon as the modules it depends on are in (the pure
-//! [`prerequisites`]), so one slow probe (ata_piix waiting on emulated IDE ports)
-//! does not hold up the others. The modaliases are read again whenever a module is
-//! in, as new devices appear once a bus driver is loaded; bounded in time. The
-//! filesystems and device-mapper targets recovery needs ([`ALWAYS`]) are loaded by
-//! name with [`load_named`], apart: PID 1 does that after the first screen, so on a
-//! small (or emulated) CPU they do not hold up the disks' drivers.
+//! through `/sys/bus` and `/sys/class`) is matched against the initramfs's module
+//! index (the pure [`modules_for_modaliases`]), and the modules are handed to
+//! `finit_module` on [`loaders`] threads, each as soon as the modules it depends on
+//! are in (the pure [`prerequisites`]), so one slow probe (ata_piix waiting on
+//! emulated IDE ports) does not hold up the others. Whenever a module is in, the new
+//! devices it brought (a bus driver's) are looked for: in the kernel's uevents when
+//! PID 1 gives a socket for them (`uevent`), else by reading `/sys` again; bounded in
+//! time. The filesystems and device-mapper targets recovery needs ([`ALWAYS`]) are
+//! loaded by name with [`load_named`], apart: PID 1 does that after the first screen,
+//! so on a small (or emulated) CPU they do not hold up the disks' drivers.
 //!
 //! Does not own: the index or the matcher (`initramfs::modules`), nor waiting for the
 //! disks that the drivers find (`mod.rs`).
