@@ -1,5 +1,6 @@
 //! PID 1's side of the recovery console: runs it as a child process (`/init console`)
-//! on the console, hands it PID 1's start-up notes through [`NOTES_FILE`], starts it
+//! on the console, hands it PID 1's start-up notes through [`NOTES_FILE`] (and, for
+//! its first start, PID 1's disk inventory: [`HandOver`]), starts it
 //! again when it ends or crashes, and after [`CRASHES`] quick crashes in a row falls
 //! back to PID 1's own plain-text menu (status, shell, reboot, power off), so a broken
 //! console never leaves the technician without a shell. Starts the drivers the first
@@ -22,6 +23,22 @@ use crate::disk::Inventory;
 pub const NOTES_FILE: &str = "/run/understudy/pid1-notes";
 /// Where PID 1 leaves its inventory ([`HandOver`]) for the console's first start.
 pub const INVENTORY_FILE: &str = "/run/understudy/pid1-inventory.json";
+
+/// The environment variable naming the file the console creates once its first
+/// screen is drawn ([`DRAWN_FILE`]).
+pub const DRAWN_ENV: &str = "UNDERSTUDY_DRAWN_FILE";
+/// Created by the console after its first draw: PID 1 then starts the work the
+/// first screen does not need (the filesystem and device-mapper drivers), so that
+/// work does not compete with the console for the CPU before the technician sees
+/// anything.
+pub const DRAWN_FILE: &str = "/run/understudy/console-drawn";
+/// The background work starts at the latest this long after the console, drawn or
+/// not.
+const DRAWN_BOUND: Duration = Duration::from_secs(5);
+/// Quick crashes in a row before the plain menu takes over.
+pub const CRASHES: u32 = 3;
+/// A console that ran this long before it crashed counts as a fresh start.
+const STABLE: Duration = Duration::from_secs(60);
 
 /// The disk inventory PID 1 took just before starting the console, with the block
 /// devices it saw: the console's first screen uses it instead of probing every disk
@@ -67,21 +84,6 @@ impl HandOver {
         }
     }
 }
-/// The environment variable naming the file the console creates once its first
-/// screen is drawn ([`DRAWN_FILE`]).
-pub const DRAWN_ENV: &str = "UNDERSTUDY_DRAWN_FILE";
-/// Created by the console after its first draw: PID 1 then starts the work the
-/// first screen does not need (the filesystem and device-mapper drivers), so that
-/// work does not compete with the console for the CPU before the technician sees
-/// anything.
-pub const DRAWN_FILE: &str = "/run/understudy/console-drawn";
-/// The background work starts at the latest this long after the console, drawn or
-/// not.
-const DRAWN_BOUND: Duration = Duration::from_secs(5);
-/// Quick crashes in a row before the plain menu takes over.
-pub const CRASHES: u32 = 3;
-/// A console that ran this long before it crashed counts as a fresh start.
-const STABLE: Duration = Duration::from_secs(60);
 
 /// How a run of the console ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
