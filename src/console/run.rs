@@ -207,7 +207,11 @@ fn key(ev: event::KeyEvent) -> Option<Key> {
 struct World {
     sources: gather::Sources,
     /// PID 1's inventory, for the first gathering only.
-    handed_over: Option<Inventory>,
+    handed_over: Option<HandOver>,
+    /// The block devices as they were just before the facts were last gathered: one
+    /// that appears during or after a gathering differs from these, and brings
+    /// another.
+    seen: Vec<String>,
     images_mount: Option<MountGuard>,
     tx: Sender<Msg>,
     /// The pid of the restore or copy-back child while it runs.
@@ -218,7 +222,12 @@ impl World {
     fn situation(&mut self) -> Situation {
         // Unmount the old view before mounting again at the same place.
         self.images_mount = None;
-        let g = gather::gather(&self.sources, self.handed_over.take());
+        self.seen = block_devices();
+        let handed = self
+            .handed_over
+            .take()
+            .and_then(|h| h.inventory_for(&self.seen));
+        let g = gather::gather(&self.sources, handed);
         self.images_mount = g.images_mount;
         situation::decide(g.facts)
     }
@@ -242,7 +251,8 @@ pub fn main(cfg: Config) -> Result<()> {
     sources.images_dir = cfg.images.clone();
     let mut world = World {
         sources,
-        handed_over: cfg.inventory.as_deref().and_then(HandOver::take),
+        handed_over: cfg.inventory.as_deref().and_then(HandOver::read),
+        seen: Vec::new(),
         images_mount: None,
         tx,
         engine: None,
@@ -289,7 +299,6 @@ fn event_loop(
     rx: &Receiver<Msg>,
 ) -> Result<()> {
     let started = Instant::now();
-    let mut disks = block_devices();
     let mut disks_at = Instant::now();
     let mut drawn_told = false;
     loop {
@@ -313,9 +322,7 @@ fn event_loop(
         msgs.push(Msg::Tick(started.elapsed()));
         if disks_at.elapsed() >= DISKS_EVERY && world.engine.is_none() {
             disks_at = Instant::now();
-            let now = block_devices();
-            if now != disks {
-                disks = now;
+            if block_devices() != world.seen {
                 msgs.push(Msg::Situation(Box::new(world.situation())));
             }
         }

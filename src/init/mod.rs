@@ -465,8 +465,8 @@ pub(crate) fn block_devices(dir: &Path) -> Vec<String> {
 /// Whether to stop waiting for disks: the set of block devices has stayed the same
 /// for [`DISKS_STABLE`], and either the drivers are all in or there are disks to
 /// show (the screen says the drivers are still loading, and is drawn again when
-/// they are in). `loader_moved_on`: no module was loading when the set last changed,
-/// or one has finished since; a driver probing several disks in its init (virtio_blk
+/// they are in). `loader_moved_on`: every module loading when the set last changed
+/// has returned since; a driver probing several disks in its init (virtio_blk
 /// one after the other) may add the next one more than [`DISKS_STABLE`] after the
 /// first.
 fn disks_settled(
@@ -502,7 +502,7 @@ fn wait_for_disks(dir: &Path) {
             drivers_done_at.is_some(),
             !last.is_empty(),
             since.elapsed(),
-            at_change.loading == 0 || modload::progress().finished > at_change.finished,
+            modload::progress().all_returned_since(&at_change),
         ) {
             break;
         }

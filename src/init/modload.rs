@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,23 +156,35 @@ pub fn plan_round(index: &Index, new_aliases: &[String], tried: &BTreeSet<String
         .collect()
 }
 
-/// Modules in `finit_module` now, and returned from it so far, over all loaders.
-static LOADING: AtomicUsize = AtomicUsize::new(0);
-static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// Every call of `finit_module` gets the next number; those not returned yet are in
+/// [`IN_FLIGHT`], over all loaders.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static IN_FLIGHT: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
 
-/// The loaders' counters at one moment ([`progress`]).
+/// The loaders at one moment ([`progress`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
-    pub loading: usize,
-    pub finished: usize,
+    /// The number of the last module handed to the kernel.
+    pub started: u64,
+    /// The oldest one the kernel has not returned yet.
+    pub oldest_loading: Option<u64>,
 }
 
-/// How far the loaders are: PID 1 waits for the module that was loading when a disk
-/// appeared to return, as it may be adding more.
+impl Progress {
+    /// Whether every module being loaded at `earlier` has returned by now. Another
+    /// loader finishing is not enough: virtio_blk may still be probing the next disk.
+    pub fn all_returned_since(&self, earlier: &Progress) -> bool {
+        self.oldest_loading.is_none_or(|o| o > earlier.started)
+    }
+}
+
+/// How far the loaders are: PID 1 waits for the modules that were loading when a disk
+/// appeared to return, as they may be adding more.
 pub fn progress() -> Progress {
+    let in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
     Progress {
-        loading: LOADING.load(Ordering::SeqCst),
-        finished: FINISHED.load(Ordering::SeqCst),
+        started: STARTED.load(Ordering::SeqCst),
+        oldest_loading: in_flight.first().copied(),
     }
 }
 
@@ -182,10 +194,17 @@ pub fn load_file(path: &Path) -> Loaded {
         Ok(f) => f,
         Err(e) => return Loaded::Failed(format!("opening {}: {e}", path.display())),
     };
-    LOADING.fetch_add(1, Ordering::SeqCst);
+    let seq = {
+        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = STARTED.fetch_add(1, Ordering::SeqCst) + 1;
+        in_flight.insert(seq);
+        seq
+    };
     let result = finit_module(&file, c"", ModuleInitFlags::empty());
-    LOADING.fetch_sub(1, Ordering::SeqCst);
-    FINISHED.fetch_add(1, Ordering::SeqCst);
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&seq);
     match result {
         Ok(()) => Loaded::Loaded,
         Err(Errno::EEXIST) => Loaded::AlreadyThere,
@@ -528,6 +547,37 @@ mod tests {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn the_loaders_have_moved_on_once_every_module_loading_then_has_returned() {
+        // Modules 4 and 5 were loading when a disk appeared.
+        let then = Progress {
+            started: 5,
+            oldest_loading: Some(4),
+        };
+        // Module 5 returned and 6 started on the other loader; 4 is still probing.
+        let four_still_in = Progress {
+            started: 6,
+            oldest_loading: Some(4),
+        };
+        assert!(!four_still_in.all_returned_since(&then));
+        // 4 and 5 are back; 6, started after, does not count.
+        let six_loading = Progress {
+            started: 6,
+            oldest_loading: Some(6),
+        };
+        assert!(six_loading.all_returned_since(&then));
+        let idle = Progress {
+            started: 6,
+            oldest_loading: None,
+        };
+        assert!(idle.all_returned_since(&then));
+        assert!(then.all_returned_since(&Progress {
+            started: 3,
+            oldest_loading: None
+        }));
+        assert!(!then.all_returned_since(&then));
     }
 
     #[test]

@@ -51,11 +51,14 @@ pub struct HandOver {
 }
 
 impl HandOver {
-    /// The inventory in `file`, if it is readable and still describes the machine's
-    /// block devices.
-    pub fn take(file: &Path) -> Option<Inventory> {
-        let text = std::fs::read_to_string(file).ok()?;
-        usable(&text, &super::block_devices(Path::new(super::SYS_BLOCK)))
+    /// The hand-over in `file`, if it is readable.
+    pub fn read(file: &Path) -> Option<HandOver> {
+        serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+    }
+
+    /// The inventory, if it was taken with the block devices `now` lists.
+    pub fn inventory_for(self, now: &[String]) -> Option<Inventory> {
+        (self.block_devices == now).then_some(self.inventory)
     }
 
     /// Writes `inventory` to [`INVENTORY_FILE`], or removes that file when there is
@@ -218,13 +221,6 @@ pub fn run(consoles: &mut Consoles, status: &mut Status, opts: Options) {
     }
 }
 
-/// The inventory in a [`HandOver`]'s `text`, if it parses and was taken with the
-/// block devices `now` lists.
-fn usable(text: &str, now: &[String]) -> Option<Inventory> {
-    let h: HandOver = serde_json::from_str(text).ok()?;
-    (h.block_devices == now).then_some(h.inventory)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,16 +235,27 @@ mod tests {
             problems: vec!["taken by PID 1".into()],
         };
         let devices = vec!["vda".to_string(), "vdb".to_string()];
+        let dir = std::env::temp_dir().join(format!("understudy-handover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("inventory.json");
         let text = serde_json::to_string(&HandOver {
             block_devices: devices.clone(),
             inventory: inventory.clone(),
         })
         .unwrap();
-        assert_eq!(usable(&text, &devices), Some(inventory));
+        std::fs::write(&file, text).unwrap();
+        let read = || HandOver::read(&file).unwrap();
+        assert_eq!(read().inventory_for(&devices), Some(inventory));
         // A disk came or went since: the console probes afresh.
-        assert_eq!(usable(&text, &devices[..1]), None);
-        assert_eq!(usable(&text, &[devices[0].clone(), "sda".into()]), None);
-        assert_eq!(usable("{not json", &devices), None);
+        assert_eq!(read().inventory_for(&devices[..1]), None);
+        assert_eq!(
+            read().inventory_for(&[devices[0].clone(), "sda".into()]),
+            None
+        );
+        std::fs::write(&file, "{not json").unwrap();
+        assert!(HandOver::read(&file).is_none());
+        assert!(HandOver::read(&dir.join("missing")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
