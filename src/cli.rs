@@ -171,9 +171,8 @@ Examples:
         /// Start-up notes to show, one a line (PID 1 passes its own)
         #[arg(long, value_name = "FILE")]
         notes: Option<PathBuf>,
-        /// The disk inventory PID 1 has just taken (JSON, as `disks --json` prints it
-        /// within a hand-over), used for the first screen when /sys/block still
-        /// lists the same devices
+        /// The disk inventory PID 1 has just taken (JSON that PID 1 writes), used for
+        /// the first screen when /sys/block still lists the devices it was taken with
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
     },

@@ -159,6 +159,7 @@ pub fn main() -> ! {
             let consoles = Consoles::setup();
             let status = Status {
                 inventory: None,
+                block_devices: Vec::new(),
                 recorded: RecordedState::NoRecoveryFilesystem,
                 roles: None,
                 notes: vec![panic_note("during start-up")],
@@ -530,6 +531,7 @@ fn gather(mut notes: Vec<String>) -> Status {
         ..disk::Sources::system()
     };
     let began = Instant::now();
+    let block_devices = block_devices(Path::new(SYS_BLOCK));
     let inventory = disk::inventory(&sources);
     log::info(&format!(
         "inventory: {} disk(s) in {} ms",
@@ -561,6 +563,7 @@ fn gather(mut notes: Vec<String>) -> Status {
     let roles = recorded::roles(&inventory, &recorded);
     Status {
         inventory: Some(inventory),
+        block_devices,
         recorded,
         roles,
         notes,

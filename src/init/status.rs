@@ -19,6 +19,9 @@ use crate::disk::{Candidate, DiskRoles, Inventory, PrimaryStatus, Role, Secondar
 pub struct Status {
     /// `None` when the inventory could not be taken (PID 1 panicked first).
     pub inventory: Option<Inventory>,
+    /// The names in `/sys/block` just before the inventory was taken: a disk that
+    /// appeared while it was taken is not in it.
+    pub block_devices: Vec<String>,
     pub recorded: RecordedState,
     pub roles: Option<DiskRoles>,
     /// One line each: drivers loaded, what went wrong during start-up.
@@ -207,6 +210,7 @@ mod tests {
     fn without_recorded_identities_every_disk_is_listed_and_the_primary_unknown() {
         let s = Status {
             inventory: Some(two_disks()),
+            block_devices: Vec::new(),
             recorded: RecordedState::NoRecoveryFilesystem,
             roles: None,
             notes: vec!["drivers: 7 loaded".into()],
@@ -243,6 +247,7 @@ mod tests {
         render(
             &Status {
                 inventory: Some(inv),
+                block_devices: Vec::new(),
                 recorded,
                 roles,
                 notes: Vec::new(),
@@ -286,6 +291,7 @@ mod tests {
     fn lines_fit_a_narrow_console_and_a_failed_start_still_renders() {
         let s = Status {
             inventory: None,
+            block_devices: Vec::new(),
             recorded: RecordedState::Unreadable {
                 device: "/dev/vdb2".into(),
                 reason: "reading /run/understudy/recovery/understudy/disks.json: No such file or directory".into(),

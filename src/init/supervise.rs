@@ -61,15 +61,14 @@ impl HandOver {
         (self.block_devices == now).then_some(self.inventory)
     }
 
-    /// Writes `inventory` to [`INVENTORY_FILE`], or removes that file when there is
-    /// none to hand over; false when the console must not be pointed at it.
-    fn put(inventory: Option<&Inventory>) -> bool {
-        let _ = std::fs::remove_file(INVENTORY_FILE);
-        let Some(inventory) = inventory else {
+    /// Writes the inventory of `status` to [`INVENTORY_FILE`] with the block devices
+    /// it was taken with; false when there is none or it could not be written.
+    fn put(status: &Status) -> bool {
+        let Some(inventory) = &status.inventory else {
             return false;
         };
         let h = HandOver {
-            block_devices: super::block_devices(Path::new(super::SYS_BLOCK)),
+            block_devices: status.block_devices.clone(),
             inventory: inventory.clone(),
         };
         match serde_json::to_string(&h) {
@@ -187,7 +186,9 @@ pub fn run(consoles: &mut Consoles, status: &mut Status, opts: Options) {
         }
         consoles.lines_mode();
         let began = Instant::now();
-        let hand_over = HandOver::put(status.inventory.as_ref().filter(|_| first));
+        // A stale hand-over must not outlive its start.
+        let _ = std::fs::remove_file(INVENTORY_FILE);
+        let hand_over = first && HandOver::put(status);
         first = false;
         let exit = run_once(hand_over);
         log::info(&format!("recovery console: {exit:?}"));

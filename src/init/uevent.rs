@@ -8,12 +8,13 @@
 //! device there before the socket was opened sends no event), or matching aliases to
 //! modules (`initramfs::modules`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, setsockopt,
+    socket, sockopt,
 };
 
 /// The multicast group the kernel sends its uevents to (udev listens to group 2, for
@@ -49,13 +50,9 @@ impl Uevents {
         )
         .context("opening a netlink socket for kernel uevents")?;
         // A smaller buffer only means a fallback to reading /sys: not worth failing.
-        let _ =
-            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &RECEIVE_BUFFER);
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &NetlinkAddr::new(0, KERNEL_GROUP),
-        )
-        .context("joining the kernel's uevent group")?;
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP))
+            .context("joining the kernel's uevent group")?;
         Ok(Uevents { fd })
     }
 
@@ -64,11 +61,7 @@ impl Uevents {
         let mut out = Drained::default();
         let mut buf = vec![0u8; MESSAGE_MAX];
         loop {
-            match recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut buf,
-                MsgFlags::empty(),
-            ) {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                 Ok(n) => out.aliases.extend(added_alias(&buf[..n])),
                 Err(Errno::EAGAIN) => return out,
                 Err(Errno::EINTR) => continue,
