@@ -1,5 +1,7 @@
 //! The one place that spawns processes. Every failure names the whole command line,
 //! its exit status and what it wrote to stderr, so a log line is enough to act on.
+//! In the recovery system, a tool may still be in the image's deferred part: every
+//! start but our own binary's waits for it (`initramfs::deferred::ensure`).
 //!
 //! Does not own: deciding what to run (callers build a [`Cmd`] from a plan).
 
@@ -100,6 +102,18 @@ impl Cmd {
             .join(" ")
     }
 
+    /// Waits for the recovery image's deferred part (where the tools and their
+    /// libraries are) unless the program is our own binary, which is always there:
+    /// PID 1 starts the console before that part is unpacked.
+    fn tools_ready(&self) -> Result<()> {
+        let ours = std::env::current_exe().is_ok_and(|exe| Path::new(&self.argv[0]) == exe);
+        if !ours {
+            crate::initramfs::deferred::ensure()
+                .with_context(|| format!("before starting `{}`", self.display()))?;
+        }
+        Ok(())
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(&self.argv[0]);
         c.args(&self.argv[1..]);
@@ -114,6 +128,7 @@ impl Cmd {
 
     /// Run to completion, capturing output; a non-zero exit is a [`Failed`] error.
     pub fn output(&self) -> Result<Output> {
+        self.tools_ready()?;
         let mut c = self.command();
         c.stdin(if self.stdin.is_some() {
             Stdio::piped()
@@ -161,6 +176,7 @@ impl Cmd {
     /// Start it with standard output and error piped to the caller, who reads them
     /// as they come (a long job's progress stream) and waits for the child.
     pub fn spawn_piped(&self) -> Result<std::process::Child> {
+        self.tools_ready()?;
         self.command()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -172,6 +188,7 @@ impl Cmd {
     /// Start it with standard streams inherited and return at once: for a caller
     /// that waits in its own way (PID 1 reaps every child with `waitpid(-1)`).
     pub fn spawn_interactive(&self) -> Result<std::process::Child> {
+        self.tools_ready()?;
         self.command()
             .spawn()
             .with_context(|| format!("starting `{}`", self.display()))
@@ -179,6 +196,7 @@ impl Cmd {
 
     /// Run with standard streams inherited (interactive tools, a shell).
     pub fn interactive(&self) -> Result<ExitStatus> {
+        self.tools_ready()?;
         self.command()
             .status()
             .with_context(|| format!("running `{}`", self.display()))

@@ -45,6 +45,7 @@ use nix::sys::signal::Signal;
 use crate::cmd::Cmd;
 use crate::cmdline::Cmdline;
 use crate::disk;
+use crate::initramfs;
 use crate::initramfs::modules::Index;
 use crate::sys;
 use console::Consoles;
@@ -384,10 +385,10 @@ fn load_named(names: &[&str], what: &str) -> Option<String> {
         .then(|| format!("{what}: {}", report.summary()))
 }
 
-/// Once, after the first screen: the filesystems and device-mapper targets
-/// ([`modload::ALWAYS`]) on a thread of their own, so the disks' drivers and the
-/// first screen do not wait for them. What failed reaches the screen through
-/// [`LATE_NOTES`].
+/// Once, after the first screen, on a thread of its own (so the disks' drivers and
+/// the first screen do not wait for it): the image's deferred part (the tools, their
+/// libraries and some modules), then the filesystems and device-mapper targets
+/// ([`modload::ALWAYS`]). What failed reaches the screen through [`LATE_NOTES`].
 fn start_late_drivers() {
     modload::release();
     LATE_DRIVERS.call_once(|| {
@@ -395,24 +396,39 @@ fn start_late_drivers() {
             .name("late-drivers".into())
             .spawn(|| {
                 background_priority();
-                if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
-                    log::error(&note);
-                    LATE_NOTES
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(note);
-                }
+                late_work();
             });
         if let Err(e) = spawned {
             log::error(&format!("starting the filesystem drivers' thread: {e}"));
-            if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
-                LATE_NOTES
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(note);
-            }
+            late_work();
         }
     });
+}
+
+fn late_work() {
+    let mut notes = Vec::new();
+    match initramfs::deferred::ensure() {
+        Ok(Some(u)) => log::info(&format!(
+            "deferred part unpacked: {} entries, {} KiB in {} ms",
+            u.entries,
+            u.bytes / 1024,
+            u.took.as_millis()
+        )),
+        Ok(None) => {}
+        Err(e) => {
+            let note = format!("tools: {e:#}");
+            log::error(&note);
+            notes.push(note);
+        }
+    }
+    if let Some(note) = load_named(modload::ALWAYS, "drivers (filesystems)") {
+        log::error(&note);
+        notes.push(note);
+    }
+    LATE_NOTES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(notes);
 }
 
 /// Whether the screen must be drawn again: the background loading left a note, or

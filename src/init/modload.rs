@@ -192,6 +192,14 @@ pub fn progress() -> Progress {
 pub fn load_file(path: &Path) -> Loaded {
     let file = match File::open(path) {
         Ok(f) => f,
+        // It may be in the image's deferred part, not unpacked yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match crate::initramfs::deferred::ensure().map(|_| File::open(path)) {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => return Loaded::Failed(format!("opening {}: {e}", path.display())),
+                Err(e) => return Loaded::Failed(format!("{}: {e:#}", path.display())),
+            }
+        }
         Err(e) => return Loaded::Failed(format!("opening {}: {e}", path.display())),
     };
     let seq = {

@@ -1,11 +1,14 @@
-//! The newc ("070701") cpio writer that the kernel unpacks as an initramfs:
-//! header encoding, padding, the `TRAILER!!!` record, and deterministic inode numbers.
+//! The newc ("070701") cpio format that the kernel unpacks as an initramfs: the
+//! writer (header encoding, padding, the `TRAILER!!!` record, deterministic inode
+//! numbers) and a reader for the archives the writer makes (PID 1 reads the image's
+//! deferred part with it, `initramfs::deferred`).
 //!
 //! Does not own: choosing or sorting the entries (the caller hands them over in the
-//! order it wants them in the archive), nor compression (the caller wraps the writer).
+//! order it wants them in the archive), nor compression (the caller wraps the writer
+//! or the reader).
 //! See `Documentation/driver-api/early-userspace/buffer-format.rst` in the kernel.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use anyhow::{Context, Result, bail};
 
@@ -182,6 +185,103 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// Reads members one after another until the `TRAILER!!!` record: regular files,
+/// directories, symbolic links and character devices, as the writer writes them.
+pub struct Reader<R: Read> {
+    input: R,
+    done: bool,
+}
+
+/// One member read back: its header and its data (file contents or link target).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub header: Header,
+    pub data: Vec<u8>,
+}
+
+impl<R: Read> Reader<R> {
+    pub fn new(input: R) -> Reader<R> {
+        Reader { input, done: false }
+    }
+
+    fn skip_padding(&mut self, len: u64) -> Result<()> {
+        let mut pad = [0u8; 3];
+        self.input
+            .read_exact(&mut pad[..pad4(len)])
+            .context("reading cpio padding")
+    }
+
+    /// The next member, or `None` after the trailer.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut head = [0u8; 110];
+        self.input
+            .read_exact(&mut head)
+            .context("reading a cpio header (the archive is cut short)")?;
+        if &head[..6] != MAGIC {
+            bail!("not a newc cpio header (magic {:?})", &head[..6]);
+        }
+        let field = |i: usize| -> Result<u32> {
+            let text = std::str::from_utf8(&head[6 + 8 * i..6 + 8 * (i + 1)])
+                .context("a cpio header field is not ASCII")?;
+            u32::from_str_radix(text, 16)
+                .with_context(|| format!("cpio header field {text:?} is not hexadecimal"))
+        };
+        let mode = field(1)?;
+        let mtime = field(5)?;
+        let size_bytes = field(6)?;
+        let (rmaj, rmin) = (field(9)?, field(10)?);
+        let namesize = usize::try_from(field(11)?).context("cpio name size")?;
+        if namesize == 0 || namesize > 4096 {
+            bail!("cpio name size {namesize} out of range");
+        }
+        let mut name = vec![0u8; namesize];
+        self.input
+            .read_exact(&mut name)
+            .context("reading a cpio member name")?;
+        if name.pop() != Some(0) {
+            bail!("a cpio member name does not end in NUL");
+        }
+        let name = String::from_utf8(name).context("a cpio member name is not UTF-8")?;
+        self.skip_padding(110 + namesize as u64)?;
+        if name == TRAILER {
+            self.done = true;
+            return Ok(None);
+        }
+        let node = match mode & 0o170000 {
+            0o040000 => Node::Dir,
+            0o100000 => Node::File,
+            0o120000 => Node::Symlink,
+            0o020000 => Node::CharDev {
+                major: rmaj,
+                minor: rmin,
+            },
+            other => bail!("{name}: cpio member type {other:o} is not one the writer makes"),
+        };
+        let mut data = Vec::new();
+        (&mut self.input)
+            .take(u64::from(size_bytes))
+            .read_to_end(&mut data)
+            .with_context(|| format!("reading the data of {name}"))?;
+        if data.len() as u64 != u64::from(size_bytes) {
+            bail!("{name}: the archive ends inside its data");
+        }
+        self.skip_padding(u64::from(size_bytes))?;
+        Ok(Some(Entry {
+            header: Header {
+                name,
+                node,
+                perm: mode & 0o7777,
+                mtime,
+                size_bytes,
+            },
+            data,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +381,54 @@ mod tests {
                 .is_err()
         );
         assert!(w.append(&header("d", Node::Dir, 0o755, 1), b"x").is_err());
+    }
+
+    #[test]
+    fn the_reader_gives_back_what_the_writer_wrote() {
+        let members = [
+            (header("etc", Node::Dir, 0o755, 0), Vec::new()),
+            (header("etc/a", Node::File, 0o640, 5), b"hello".to_vec()),
+            (header("etc/b", Node::File, 0o644, 0), Vec::new()),
+            (
+                header("bin/sh", Node::Symlink, 0o777, 7),
+                b"busybox".to_vec(),
+            ),
+            (
+                header("dev/null", Node::CharDev { major: 1, minor: 3 }, 0o666, 0),
+                Vec::new(),
+            ),
+        ];
+        let mut w = Writer::new(Vec::new());
+        for (h, d) in &members {
+            w.append(h, d).unwrap();
+        }
+        let (bytes, _) = w.finish().unwrap();
+        let mut r = Reader::new(&bytes[..]);
+        for (h, d) in &members {
+            let e = r.next_entry().unwrap().unwrap();
+            assert_eq!(&e.header, h);
+            assert_eq!(&e.data, d);
+        }
+        assert!(r.next_entry().unwrap().is_none());
+        assert!(r.next_entry().unwrap().is_none(), "stays at the end");
+    }
+
+    #[test]
+    fn the_reader_refuses_a_cut_or_foreign_archive() {
+        let mut w = Writer::new(Vec::new());
+        w.append(&header("a", Node::File, 0o644, 5), b"hello")
+            .unwrap();
+        let (bytes, _) = w.finish().unwrap();
+        let err = Reader::new(&bytes[..115]).next_entry().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("ends inside its data"),
+            "{err:#}"
+        );
+        let err = Reader::new(&b"070707"[..]).next_entry().unwrap_err();
+        assert!(format!("{err:#}").contains("cut short"), "{err:#}");
+        let mut foreign = bytes.clone();
+        foreign[5] = b'2';
+        let err = Reader::new(&foreign[..]).next_entry().unwrap_err();
+        assert!(format!("{err:#}").contains("not a newc"), "{err:#}");
     }
 }

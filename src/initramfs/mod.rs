@@ -9,11 +9,12 @@
 //! where the image is installed (the provisioning code).
 
 pub mod cpio;
+pub mod deferred;
 pub mod libs;
 pub mod lz4;
 pub mod modules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -67,6 +68,20 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "crc32c_generic",
     "crc32c_intel",
     "libcrc32c",
+];
+
+/// Modules (with whatever only they depend on) that travel in the image's deferred
+/// part ([`deferred`]): nothing before the first screen loads them, and xfs alone is
+/// 4 MiB. Storage drivers, ext4 and vfat (the recovery and images filesystems, read
+/// for the first screen) stay in the part the kernel unpacks.
+pub const DEFERRED_MODULES: &[&str] = &[
+    "xfs",
+    "libcrc32c",
+    "loop",
+    "dm_mod",
+    "dm_snapshot",
+    "dm_mirror",
+    "dm_thin_pool",
 ];
 
 /// A program to install with its libraries.
@@ -287,6 +302,16 @@ pub struct EntrySize {
     pub bytes: u64,
 }
 
+/// The deferred part ([`deferred`]) of an image.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeferredSize {
+    pub entries: usize,
+    /// Its cpio before compression.
+    pub cpio_bytes: u64,
+    /// As it is in the image.
+    pub compressed_bytes: u64,
+}
+
 /// What was built and what took the space.
 #[derive(Clone, Debug, Serialize)]
 pub struct BuildReport {
@@ -295,10 +320,14 @@ pub struct BuildReport {
     pub compression: Compression,
     /// The file written.
     pub compressed_bytes: u64,
-    /// The cpio before compression.
+    /// The cpio before compression: what the kernel unpacks (the deferred part is one
+    /// member of it).
     pub cpio_bytes: u64,
+    /// Members, both parts counted.
     pub entries: usize,
-    /// Uncompressed data by category, largest first.
+    /// What PID 1 unpacks after the first screen; `None` when the kernel unpacks all.
+    pub deferred: Option<DeferredSize>,
+    /// Uncompressed data by category (both parts), largest first.
     pub categories: Vec<CategorySize>,
     /// The largest members, largest first.
     pub largest: Vec<EntrySize>,
@@ -325,6 +354,16 @@ impl fmt::Display for BuildReport {
             self.entries,
             self.kernel_version
         )?;
+        if let Some(d) = &self.deferred {
+            writeln!(
+                f,
+                "deferred part (tools, libraries, {} modules; PID 1 unpacks it after the first screen): {} entries, {:.2} MiB of cpio in {:.2} MiB of zstd",
+                DEFERRED_MODULES.join("/"),
+                d.entries,
+                mib(d.cpio_bytes),
+                mib(d.compressed_bytes)
+            )?;
+        }
         writeln!(f, "uncompressed by category:")?;
         for c in &self.categories {
             writeln!(
@@ -449,6 +488,16 @@ impl Plan {
                 category,
             },
         ))
+    }
+
+    /// Moves the members `later` picks (never directories: every directory stays, so
+    /// both parts have their parents) into a plan of their own.
+    fn split_off(&mut self, later: impl Fn(&str, &Member) -> bool) -> Plan {
+        let (moved, kept) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|(p, m)| m.node != Node::Dir && later(p, m));
+        self.members = kept;
+        Plan { members: moved }
     }
 
     /// Adds the missing parent directories of every member; a parent that is not a
@@ -684,7 +733,7 @@ pub fn build(spec: &Spec) -> Result<BuildReport> {
     for lib in libs::closure(root, &elves)? {
         plan.host_file(&archive_path(&lib.path), &lib.source, Category::Libraries)?;
     }
-    let (order, builtin) = add_modules(&mut plan, spec, &mut missing)?;
+    let (order, builtin, late_modules) = add_modules(&mut plan, spec, &mut missing)?;
     for (path, text) in STATIC_FILES {
         plan.bytes(path, 0o644, text.as_bytes().to_vec(), Category::Files);
     }
@@ -704,15 +753,43 @@ pub fn build(spec: &Spec) -> Result<BuildReport> {
         add_host_tree(&mut plan, root, &extra.path, true)?;
     }
     plan.add_parents()?;
+    let mut report = report(&plan, spec, order, builtin, missing);
+    // Only our binary can unpack the deferred part: an image with a busybox script as
+    // `/init` carries everything in the kernel's part.
+    if matches!(spec.init, Init::Binary(_)) {
+        let later = plan.split_off(|path, m| deferred_member(path, m, &late_modules));
+        let (bytes, cpio_bytes) = deferred_part(&later, spec.mtime)?;
+        report.deferred = Some(DeferredSize {
+            entries: later.members.len(),
+            cpio_bytes,
+            compressed_bytes: bytes.len() as u64,
+        });
+        plan.bytes(deferred::NAME, 0o600, bytes, Category::Layout);
+    }
     let (compressed_bytes, cpio_bytes) = write(&plan, spec)?;
-    Ok(report(
-        &plan,
-        spec,
-        compressed_bytes,
+    report.compressed_bytes = compressed_bytes;
+    report.cpio_bytes = cpio_bytes;
+    Ok(report)
+}
+
+/// Whether a member goes into the deferred part: tools, their libraries and the
+/// modules in `late_modules` (archive paths).
+fn deferred_member(path: &str, m: &Member, late_modules: &BTreeSet<String>) -> bool {
+    matches!(m.category, Category::Tools | Category::Libraries)
+        || (m.category == Category::Modules && late_modules.contains(path))
+}
+
+/// The members of `later` as a zstd-compressed cpio ([`deferred`]) and the cpio's
+/// size.
+fn deferred_part(later: &Plan, mtime: u32) -> Result<(Vec<u8>, u64)> {
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::new(), deferred::LEVEL).context("starting zstd")?;
+    enc.include_checksum(true)
+        .context("asking zstd for a checksum")?;
+    let (enc, cpio_bytes) = write_members(later, mtime, cpio::Writer::new(enc))?.finish()?;
+    Ok((
+        enc.finish().context("finishing the deferred part")?,
         cpio_bytes,
-        order,
-        builtin,
-        missing,
     ))
 }
 
@@ -811,12 +888,13 @@ fn add_busybox(plan: &mut Plan, root: &Path, busybox: &str) -> Result<Vec<(Strin
 }
 
 /// The wanted modules with their (soft) dependencies, decompressed, and index files for
-/// exactly this set; returns the load order and the wanted names built into the kernel.
+/// exactly this set; returns the load order, the wanted names built into the kernel,
+/// and the archive paths of the modules only [`DEFERRED_MODULES`] need.
 fn add_modules(
     plan: &mut Plan,
     spec: &Spec,
     missing: &mut Vec<String>,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<(Vec<String>, Vec<String>, BTreeSet<String>)> {
     let mod_dir = modules::version_dir(&spec.modules_dir, &spec.kernel_version);
     let index = Index::load(&mod_dir)
         .with_context(|| format!("reading the module index of {}", mod_dir.display()))?;
@@ -834,12 +912,23 @@ fn add_modules(
         }
     }
     let order = index.load_order(&spec.modules);
+    let early: Vec<String> = spec
+        .modules
+        .iter()
+        .filter(|m| !DEFERRED_MODULES.contains(&modules::normalize(m).as_str()))
+        .cloned()
+        .collect();
+    let early = index.load_order(&early);
+    let mut late = BTreeSet::new();
     let mut sub = index.subset(&order);
     let image_mod_dir = archive_path(&format!("/lib/modules/{}", spec.kernel_version));
-    for m in sub.modules.values_mut() {
+    for (name, m) in sub.modules.iter_mut() {
         let source = mod_dir.join(&m.path);
         let installed = modules::installed_path(&m.path);
         let dest = format!("{image_mod_dir}/{installed}");
+        if !early.contains(name) {
+            late.insert(dest.clone());
+        }
         if installed == m.path {
             plan.host_file(&dest, &source, Category::Modules)?;
         } else {
@@ -875,7 +964,7 @@ fn add_modules(
             Category::Files,
         );
     }
-    Ok((order, builtin))
+    Ok((order, builtin, late))
 }
 
 /// Writes the plan as a compressed cpio to `spec.output`; returns (file size, cpio size).
@@ -968,11 +1057,11 @@ fn write_members<W: Write>(
     Ok(w)
 }
 
+/// The report on `plan` (both parts, before any split); the sizes written are
+/// filled in once the image is.
 fn report(
     plan: &Plan,
     spec: &Spec,
-    compressed_bytes: u64,
-    cpio_bytes: u64,
     modules: Vec<String>,
     builtin: Vec<String>,
     missing: Vec<String>,
@@ -1008,9 +1097,10 @@ fn report(
         output: spec.output.clone(),
         kernel_version: spec.kernel_version.clone(),
         compression: spec.compression,
-        compressed_bytes,
-        cpio_bytes,
+        compressed_bytes: 0,
+        cpio_bytes: 0,
         entries: plan.members.len(),
+        deferred: None,
         categories,
         largest,
         modules,
@@ -1062,6 +1152,59 @@ mod tests {
             "it did not compress"
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tools_libraries_and_late_modules_are_deferred_and_directories_stay() {
+        let mut plan = Plan::default();
+        add_layout(&mut plan);
+        let m = "usr/lib/modules/v/kernel";
+        plan.bytes("init", 0o755, vec![1], Category::Init);
+        plan.bytes("usr/sbin/lvm", 0o755, vec![1], Category::Tools);
+        plan.link("usr/sbin/vgs", "lvm", Category::Tools);
+        plan.bytes("usr/lib/x/libc.so.6", 0o755, vec![1], Category::Libraries);
+        plan.bytes(&format!("{m}/xfs.ko"), 0o644, vec![1], Category::Modules);
+        plan.bytes(&format!("{m}/ext4.ko"), 0o644, vec![1], Category::Modules);
+        plan.bytes(
+            "usr/lib/modules/v/modules.dep",
+            0o644,
+            vec![1],
+            Category::Files,
+        );
+        plan.add_parents().unwrap();
+        let dirs = plan
+            .members
+            .values()
+            .filter(|m| m.node == Node::Dir)
+            .count();
+        let late = BTreeSet::from([format!("{m}/xfs.ko")]);
+        let later = plan.split_off(|p, mem| deferred_member(p, mem, &late));
+        let moved: Vec<&str> = later.members.keys().map(String::as_str).collect();
+        assert_eq!(
+            moved,
+            [
+                "usr/lib/modules/v/kernel/xfs.ko",
+                "usr/lib/x/libc.so.6",
+                "usr/sbin/lvm",
+                "usr/sbin/vgs"
+            ]
+        );
+        for kept in [
+            "init",
+            "usr/lib/modules/v/kernel/ext4.ko",
+            "dev/console",
+            "etc/mtab",
+        ] {
+            assert!(plan.members.contains_key(kept), "{kept}");
+        }
+        assert_eq!(
+            plan.members
+                .values()
+                .filter(|m| m.node == Node::Dir)
+                .count(),
+            dirs,
+            "every directory stays with the kernel's part"
+        );
     }
 
     #[test]
