@@ -847,6 +847,8 @@ struct BootReport {
     accel: String,
     initrd_format: String,
     initrd_compressed_bytes: u64,
+    /// The cpio the kernel unpacks (the deferred part, one member of it, still
+    /// compressed).
     initrd_uncompressed_bytes: u64,
     /// `/proc/loadavg` before and after: the host is shared, and load shows in
     /// emulated boot times.
@@ -1084,7 +1086,7 @@ pub fn boot_main() -> Result<()> {
     );
     println!(
         "{:<50} {:>7.1} MiB",
-        "recovery initrd, uncompressed",
+        "recovery initrd, cpio the kernel unpacks",
         mib(uncompressed)
     );
     println!("{:<50} {:>8.2} s", "QEMU start -> trivial /init marker", t);
