@@ -21,6 +21,23 @@ pub struct Failed {
     pub stderr: String,
 }
 
+/// Where `program` is: the first executable file of that name in a directory of
+/// `PATH` (or the usual ones when it is unset), then `/usr/sbin` and `/sbin`, which a
+/// user's `PATH` may lack. In the recovery system the tools come with the image's
+/// deferred part, so this waits for it first (a failure to unpack it PID 1 reports;
+/// here the tool is then simply not found).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = crate::initramfs::deferred::ensure();
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// A command to run, built up like `std::process::Command` but inspectable.
 #[derive(Clone, Debug, Default)]
 pub struct Cmd {
@@ -229,6 +246,13 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.text(), "in-y-/\n");
+    }
+
+    #[test]
+    fn programs_are_found_on_path() {
+        let sh = find_program("sh").expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(find_program("understudy-no-such-tool"), None);
     }
 
     #[test]

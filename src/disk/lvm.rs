@@ -259,11 +259,7 @@ pub fn load(dir: &Path) -> LvmStatus {
 /// The `lvm` program, if installed: looked for in `PATH` and the sbin directories a
 /// non-root `PATH` often lacks.
 fn lvm_program() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join("lvm"))
-        .find(|p| p.is_file())
+    crate::cmd::find_program("lvm")
 }
 
 /// The command line of one report.

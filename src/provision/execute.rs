@@ -85,8 +85,7 @@ const GRUB_PLATFORMS: &[(&str, &str)] = &[
 /// What this system lacks to carry out a plan, one line each naming the Debian
 /// package; checked before anything is written.
 pub fn missing(src: &RecoverySource) -> Vec<String> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let found = |prog: &str| std::env::split_paths(&path).any(|d| d.join(prog).is_file());
+    let found = |prog: &str| crate::cmd::find_program(prog).is_some();
     let mut out: Vec<String> = TOOLS
         .iter()
         .filter(|(prog, _)| !found(prog))

@@ -375,7 +375,11 @@ impl Run<'_> {
         let inv = disk::inventory(&Sources::system());
         let recorded = recorded_identities(&inv, self.rep);
         let plan = plan::plan(manifest, &self.opts.image, &inv, recorded.as_ref(), &name)?;
-        let missing: Vec<&str> = plan.tools().into_iter().filter(|t| !on_path(t)).collect();
+        let missing: Vec<&str> = plan
+            .tools()
+            .into_iter()
+            .filter(|t| crate::cmd::find_program(t).is_none())
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "this system lacks {} (needed to restore this image): nothing was written",
@@ -810,7 +814,7 @@ pub(super) fn wait_for_kernel(rep: &mut Reporter, needs: &[plan::KernelNeed]) ->
     if missing.is_empty() {
         return Ok(());
     }
-    if on_path("modprobe") {
+    if crate::cmd::find_program("modprobe").is_some() {
         for n in &missing {
             // Failure is fine: PID 1 may still be loading it, or it is built in.
             let _ = Cmd::new("modprobe").args(["-q", n.module()]).run();
@@ -852,16 +856,6 @@ fn kernel_has(need: plan::KernelNeed) -> bool {
             .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(name))),
         plan::KernelNeed::DeviceMapper => Path::new("/dev/mapper/control").exists(),
     }
-}
-
-/// Whether `program` is an executable file in a directory of `PATH`.
-fn on_path(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).any(|d| {
-        std::fs::metadata(d.join(program))
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
 }
 
 /// This process's private mount directory, `/run/understudy/WHAT-PID`.
