@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use understudy::cmd::Cmd;
 use understudy::initramfs::modules::Index;
-use understudy::initramfs::{self, BuildReport, Category, Compression, Init, Spec};
+use understudy::initramfs::{self, BuildReport, Category, Compression, Init, Spec, deferred};
 
 const VERSION: &str = "6.1.0-test-amd64";
 
@@ -135,6 +135,30 @@ fn the_image_holds_init_tools_libraries_and_modules_that_work() {
     let root = dir.join("root");
     fs::create_dir_all(&root).unwrap();
     unpack(&image, &root);
+
+    // What the kernel unpacks: /init and the modules the first screen may need; the
+    // tools, libraries and device-mapper modules are in the deferred part.
+    let archive = root.join(deferred::NAME);
+    let moddir = root.join(format!("usr/lib/modules/{VERSION}/kernel"));
+    assert!(archive.is_file());
+    assert!(root.join("init").is_file());
+    assert!(moddir.join("fs/ext4/ext4.ko").is_file());
+    assert!(!root.join("usr/sbin/mke2fs").exists());
+    assert!(!root.join("usr/bin/busybox").exists());
+    assert!(!moddir.join("drivers/md/dm-snapshot.ko").exists());
+    let d = report
+        .deferred
+        .as_ref()
+        .expect("our binary's image has a deferred part");
+    assert_eq!(d.compressed_bytes, fs::metadata(&archive).unwrap().len());
+    assert!(d.cpio_bytes > 2 * d.compressed_bytes, "{d:?}");
+    // PID 1's unpacking, on the real archive.
+    let done = deferred::ensure_at(&archive, &root)
+        .unwrap()
+        .expect("unpacked");
+    assert_eq!(done.entries, d.entries);
+    assert!(!archive.exists());
+    assert!(moddir.join("drivers/md/dm-snapshot.ko").is_file());
 
     // /init is our binary, byte for byte.
     assert_eq!(
@@ -284,8 +308,10 @@ fn the_image_holds_init_tools_libraries_and_modules_that_work() {
         report.missing
     );
     assert_eq!(report.modules.len(), 13);
+    // Both parts' data, each member's header and padding aside.
     let total: u64 = report.categories.iter().map(|c| c.bytes).sum();
-    assert!(total < report.cpio_bytes && report.cpio_bytes - total < 200 * report.entries as u64);
+    let both = report.cpio_bytes - d.compressed_bytes + d.cpio_bytes;
+    assert!(total < both && both - total < 200 * report.entries as u64);
     let init = report
         .categories
         .iter()
@@ -331,6 +357,9 @@ fn a_busybox_script_can_be_init_and_a_missing_required_tool_fails_the_build() {
     let root = dir.join("root");
     fs::create_dir_all(&root).unwrap();
     unpack(&dir.join("script.img"), &root);
+    // Nothing in a busybox script's image could unpack a deferred part.
+    assert!(!root.join(deferred::NAME).exists());
+    assert!(root.join("usr/bin/busybox").is_file());
     assert_eq!(
         Cmd::new("chroot")
             .arg(&root)
