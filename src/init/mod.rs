@@ -405,6 +405,7 @@ fn start_late_drivers() {
     });
 }
 
+/// The late-drivers thread's work; what failed goes to [`LATE_NOTES`].
 fn late_work() {
     let mut notes = Vec::new();
     match initramfs::deferred::ensure() {
