@@ -204,6 +204,11 @@ impl<R: Read> Reader<R> {
         Reader { input, done: false }
     }
 
+    /// The input, positioned after what was read.
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
     fn skip_padding(&mut self, len: u64) -> Result<()> {
         let mut pad = [0u8; 3];
         self.input

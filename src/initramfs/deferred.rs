@@ -123,6 +123,9 @@ fn unpack(input: impl std::io::Read, root: &Path) -> Result<(usize, u64)> {
         entries += 1;
         bytes += e.data.len() as u64;
     }
+    // To the end of the zstd frame, whose checksum is checked there.
+    std::io::copy(&mut reader.into_inner(), &mut std::io::sink())
+        .context("reading the deferred part to its end (checksum)")?;
     Ok((entries, bytes))
 }
 
