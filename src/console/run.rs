@@ -456,13 +456,10 @@ fn carry_out(
 /// busybox's shell with a controlling terminal (so Ctrl-C reaches what it runs) and
 /// `/etc/profile`, as PID 1's menu runs it; `$SHELL` or `/bin/sh` elsewhere.
 fn shell() -> String {
-    // cttyhack comes with the image's deferred part, which may still be unpacking.
-    if let Err(e) = crate::initramfs::deferred::ensure() {
-        return format!("shell: could not start: {e:#}");
-    }
-    let status = if Path::new("/usr/bin/cttyhack").exists() {
+    let status = if let Some(cttyhack) = crate::cmd::find_program("cttyhack") {
         Cmd::new("/usr/bin/setsid")
-            .args(["/usr/bin/cttyhack", "/bin/sh"])
+            .arg(cttyhack)
+            .arg("/bin/sh")
             .env("ENV", "/etc/profile")
             .env("HOME", "/root")
             .interactive()

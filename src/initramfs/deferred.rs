@@ -26,8 +26,6 @@ use super::cpio::{self, Node};
 
 /// The deferred part's name at the image's root.
 pub const NAME: &str = "deferred.cpio.zst";
-/// Where it is in the running recovery system.
-pub const PATH: &str = "/deferred.cpio.zst";
 /// zstd's level for it: its size is what the kernel copies at boot, and unpacking
 /// costs the same at any level.
 pub const LEVEL: i32 = 19;
@@ -44,7 +42,8 @@ pub struct Unpacked {
 /// when it is (or when this is not a recovery image), else after unpacking it here
 /// or waiting for whoever is. `Some` when this call did the unpacking.
 pub fn ensure() -> Result<Option<Unpacked>> {
-    ensure_at(Path::new(PATH), Path::new("/"))
+    let root = Path::new("/");
+    ensure_at(&root.join(NAME), root)
 }
 
 /// [`ensure`] for the archive `archive`, unpacked below `root`.
@@ -110,9 +109,9 @@ fn unpack(input: impl std::io::Read, root: &Path) -> Result<(usize, u64)> {
             }
             Node::Symlink => {
                 remove_if_there(&dest)?;
-                let target = String::from_utf8(e.data.clone())
+                let target = std::str::from_utf8(&e.data)
                     .with_context(|| format!("the target of {} is not UTF-8", e.header.name))?;
-                symlink(&target, &dest)
+                symlink(target, &dest)
                     .with_context(|| format!("linking {} to {target}", dest.display()))?;
             }
             Node::CharDev { .. } => bail!(
